@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.install-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 7860
+CHECKPOINTS ?= checkpoints
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench clean
+
+install: $(STAMP)
+
+# Re-installs only when the requirement files or the package metadata change.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: install
+	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) app.py --host $(HOST) --port $(PORT) --checkpoints $(CHECKPOINTS)
+
+test: install
+	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/phantom.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

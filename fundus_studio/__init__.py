@@ -1,0 +1,1 @@
+"""Fundus Studio."""

@@ -1,0 +1,3 @@
+from fundus_studio.cli import main
+
+raise SystemExit(main())

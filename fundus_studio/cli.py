@@ -1,0 +1,129 @@
+"""The ``fundus-studio`` command line.
+
+Each sub-command parses its arguments here and calls one function of the package; heavy modules
+(torch, the models) are imported only by the sub-commands that need them, so ``--help`` is quick.
+Every :class:`~fundus_studio.errors.StudioError` ends the program with a one-line message and exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fundus_studio.errors import StudioError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _grade_arg(value: str) -> int | None:
+    """``0``–``4`` or ``all`` (→ None: every grade in turn)."""
+    from fundus_studio.labels import NUM_GRADES
+
+    if value == "all":
+        return None
+    try:
+        grade = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grade must be 0..{NUM_GRADES - 1} or 'all', got {value!r}") from None
+    if not 0 <= grade < NUM_GRADES:
+        raise argparse.ArgumentTypeError(f"grade must be 0..{NUM_GRADES - 1} or 'all', got {value!r}")
+    return grade
+
+
+def _size_arg(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be an integer, got {value!r}") from None
+    if size < 64 or size % 16:
+        raise argparse.ArgumentTypeError(f"size must be a multiple of 16 and at least 64, got {size}")
+    return size
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+# --- sub-commands -------------------------------------------------------------------------------
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from fundus_studio.phantom import write_phantoms
+
+    out = write_phantoms(args.out, count=args.count, grade=args.grade, size=args.size, seed=args.seed)
+    print(f"wrote phantom dataset {out}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from fundus_studio.prepare import prepare_dataset
+
+    out = prepare_dataset(args.kind, args.src, args.out, size=args.size, split=args.split)
+    print(f"wrote prepared dataset {out}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from fundus_studio.extract import extract_file
+
+    out = extract_file(args.photo, args.out, size=args.size)
+    print(f"wrote label map {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fundus-studio",
+        description="Synthesise retinal fundus photographs with their label maps, conditioned on DR grade.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantom", help="generate procedural phantom pairs (label map + photo + grade)")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
+    p.add_argument("--count", type=_positive, required=True, help="number of samples in the dataset")
+    p.add_argument("--grade", type=_grade_arg, default=None, help="DR grade 0-4, or 'all' (cycled; default)")
+    p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; sample i's seed derives from (seed, i)")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("prepare", help="convert IDRiD or FGADR as shipped into a studio dataset")
+    p.add_argument("kind", choices=["idrid", "fgadr"], help="which dataset SRC holds")
+    p.add_argument("src", type=Path, help="the dataset's folder as downloaded")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
+    p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
+    p.add_argument("--split", choices=["train", "test", "all"], default="all", help="which split (default all)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("extract", help="photo → label map (field of view, optic disc, vessels)")
+    p.add_argument("photo", type=Path, help="fundus photograph")
+    p.add_argument("--out", type=Path, required=True, help="label map to write (palette PNG)")
+    p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
+    p.set_defaults(func=_cmd_extract)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except StudioError as err:
+        print(f"fundus-studio {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fundus-studio {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,187 @@
+"""Reading and writing images at the boundary: validation, conversion and atomic writes.
+
+Every file the project reads from a user goes through :func:`read_image`, :func:`read_mask` or
+:func:`read_label_map`; every file it writes goes through :func:`atomic_write` so that an
+interrupted run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from fundus_studio import labels
+from fundus_studio.errors import InputError
+
+# Images smaller than this cannot carry a usable fundus (the U-Net's stride alone is 16).
+MIN_SIDE: int = 64
+# Photos larger than this are reduced while decoding so that memory stays bounded; every model
+# works at ≤ 1024 px.
+MAX_SIDE: int = 2048
+# PIL's decompression-bomb guard, raised for real 4288×2848 fundus photos but still bounded.
+Image.MAX_IMAGE_PIXELS = 120_000_000
+# Truncated files must fail, never be silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _open(path: Path, *, max_side: int | None) -> Image.Image:
+    """Open, fully decode and (for huge images) shrink an image, or raise a one-line InputError."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if max_side is not None and img.format == "JPEG":
+                # JPEG can decode directly at 1/2, 1/4 or 1/8 scale: huge photos never hit memory whole.
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image file (unknown or unsupported format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: image too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: unreadable or truncated image ({err})") from None
+    if min(img.size) < MIN_SIDE:
+        raise InputError(f"{path}: image is {img.size[0]}×{img.size[1]} px; at least {MIN_SIDE} px per side is needed")
+    if max_side is not None and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+        img = img.resize(size, Image.Resampling.BOX if img.mode not in ("P", "1") else Image.Resampling.NEAREST)
+    return img
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """Any PIL mode → uint8 array, (H, W) or (H, W, C); 16-bit and float data are rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.mode == "1":
+        return np.asarray(img.convert("L"))
+    return np.asarray(img)
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode → (H, W, 3) uint8 RGB. Transparency is composited over black."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        return (rgba[..., :3] * (rgba[..., 3:] / 255.0) + 0.5).astype(np.uint8)
+    if img.mode in ("RGB",):
+        return np.asarray(img)
+    if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB"))
+    grey = _to_uint8(img)
+    return np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey[..., :3]
+
+
+def read_image(path: str | os.PathLike[str], *, max_side: int | None = MAX_SIDE) -> np.ndarray:
+    """Read a photo as (H, W, 3) uint8 RGB, converting 16-bit, greyscale, palette and RGBA images.
+
+    Raises :class:`InputError` (naming the file) for a missing, empty, non-image or truncated file
+    or one under ``MIN_SIDE`` pixels.
+    """
+    return to_rgb(_open(Path(path), max_side=max_side))
+
+
+def read_mask(path: str | os.PathLike[str], *, threshold: int = 1) -> np.ndarray:
+    """Read a binary mask as (H, W) bool: maximum over channels ≥ ``threshold``.
+
+    Accepts RGB masks (lesion in one channel), 0/1 and 0/255 greyscale, 16-bit and palette files.
+    """
+    img = _open(Path(path), max_side=None)
+    if img.mode == "P":
+        img = img.convert("RGB")
+    arr = _to_uint8(img)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2) if arr.shape[2] != 2 else arr[..., 0]
+    return arr >= threshold
+
+
+def label_map_from_image(img: Image.Image, *, nearest: bool = False, what: str = "label map") -> np.ndarray:
+    """A label image (palette PNG with class indices, or a colour image) → (H, W) uint8 indices."""
+    if img.mode == "P" and _has_taxonomy_palette(img):
+        return labels.check_index_map(np.asarray(img), what=what)
+    if img.mode in ("L", "I;16", "I", "P") and not _looks_colour(img):
+        # A greyscale map of raw class indices (values 0..C-1) is accepted as such.
+        arr = _to_uint8(img) if img.mode != "P" else np.asarray(img)
+        if arr.max() < labels.NUM_CLASSES:
+            return arr.astype(np.uint8)
+    return labels.from_color(to_rgb(img), nearest=nearest, what=what)
+
+
+def read_label_map(path: str | os.PathLike[str], *, nearest: bool = False) -> np.ndarray:
+    """Read a label map file: our palette PNG, a raw-index greyscale PNG, or a colour image."""
+    path = Path(path)
+    return label_map_from_image(_open(path, max_side=None), nearest=nearest, what=str(path))
+
+
+def _has_taxonomy_palette(img: Image.Image) -> bool:
+    pal = img.getpalette() or []
+    head = np.asarray(pal[: 3 * labels.NUM_CLASSES], dtype=np.uint8)
+    return head.size == 3 * labels.NUM_CLASSES and np.array_equal(head.reshape(-1, 3), labels.COLORS)
+
+
+def _looks_colour(img: Image.Image) -> bool:
+    if img.mode != "P":
+        return False
+    pal = np.asarray(img.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
+    return bool((pal.max(axis=1) != pal.min(axis=1)).any())
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[io.IOBase]:
+    """Write to a temporary file in the same folder, then rename over ``path``.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_png(path: str | os.PathLike[str], image: np.ndarray | Image.Image) -> Path:
+    """Write an RGB/greyscale uint8 array or a PIL image as PNG, atomically."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    with atomic_write(path) as fh:
+        img.save(fh, format="PNG", compress_level=1)  # speed over size: PNG stays lossless
+    return Path(path)
+
+
+def label_image(index_map: np.ndarray) -> Image.Image:
+    """An index map as an 8-bit palette ("P") image: value = class, palette = taxonomy colours."""
+    img = Image.fromarray(np.ascontiguousarray(labels.check_index_map(index_map)))  # mode "L"
+    img.putpalette(labels.palette_bytes())  # turns "L" into "P" without touching the values
+    return img
+
+
+def save_label_png(path: str | os.PathLike[str], index_map: np.ndarray) -> Path:
+    """Write an index map as a palette PNG, atomically."""
+    return save_png(path, label_image(index_map))
