@@ -166,7 +166,7 @@ def _match_colors(colors: np.ndarray) -> dict[str, np.ndarray]:
 
 # A blended pixel counts only this close (in pixels) to a clean pixel of one of its two classes:
 # edges are blends, but a photograph is not a label map.
-BLEND_RADIUS: int = 2
+BLEND_RADIUS: int = 3
 
 
 def from_color(
@@ -174,10 +174,11 @@ def from_color(
 ) -> np.ndarray:
     """``(H, W, 3)`` colour image in the taxonomy colours → ``(H, W)`` uint8 indices.
 
-    A pixel within ``tolerance`` of a palette colour takes that class. A pixel near the blend of
-    two palette colours (an anti-aliased or JPEG-compressed edge) next to a clean pixel of one of
-    them takes the nearer of the two. Any other pixel raises :class:`InputError` saying how many
-    there are, unless ``nearest`` asks to snap every pixel to its nearest palette colour.
+    A pixel within ``tolerance`` of a palette colour is clean and takes that class. An unsure pixel
+    within ``BLEND_RADIUS`` of clean ones is an edge (anti-aliasing, JPEG ringing): it takes the
+    nearer end of the two-colour blend it lies on, or else the neighbouring class of the nearest
+    colour. Pixels farther from every clean pixel raise :class:`InputError` saying how many there
+    are, unless ``nearest`` asks to snap every pixel to its nearest palette colour.
     """
     import cv2  # lazy: keeps `import fundus_studio.labels` light
 
@@ -193,18 +194,25 @@ def from_color(
 
     clean = np.where(m["point_d"] <= tolerance, m["point"], -1)[inverse]  # (H, W), -1 = unsure
     out = np.maximum(clean, 0).astype(np.uint8)
-    blend = (clean < 0) & (m["seg_d"] <= tolerance)[inverse]
-    if blend.any():
+    unsure = clean < 0
+    if unsure.any():
         kernel = np.ones((2 * BLEND_RADIUS + 1,) * 2, np.uint8)
-        near = {k: cv2.dilate((clean == k).astype(np.uint8), kernel) > 0 for k in range(NUM_CLASSES)}
-        a, b, t = m["a"][inverse], m["b"][inverse], m["t"][inverse]
-        ys, xs = np.nonzero(blend)
-        ka, kb = a[ys, xs], b[ys, xs]
-        near_a = np.stack([near[k][ys, xs] for k in range(NUM_CLASSES)])[ka, np.arange(len(ys))]
-        near_b = np.stack([near[k][ys, xs] for k in range(NUM_CLASSES)])[kb, np.arange(len(ys))]
-        ok = near_a | near_b
-        out[ys[ok], xs[ok]] = np.where(t[ys, xs][ok] < 0.5, ka[ok], kb[ok])
-        clean[ys[ok], xs[ok]] = 0
+        ys, xs = np.nonzero(unsure)
+        # near[k, i]: unsure pixel i lies within BLEND_RADIUS of a clean pixel of class k.
+        near = np.stack([cv2.dilate((clean == k).astype(np.uint8), kernel)[ys, xs] > 0 for k in range(NUM_CLASSES)])
+        cols = np.arange(len(ys))
+        u = inverse[ys, xs]
+        ka, kb, t = m["a"][u], m["b"][u], m["t"][u]
+        # An edge: the blend of two classes, next to a clean pixel of one of them.
+        edge = (m["seg_d"][u] <= tolerance) & (near[ka, cols] | near[kb, cols])
+        # Otherwise (junctions of three strokes, JPEG ringing) a pixel next to clean pixels takes the
+        # neighbouring class of the nearest colour; only off-palette areas wider than the radius fail.
+        d_near = np.where(near, np.linalg.norm(
+            image[ys, xs, :3].astype(np.float32)[None] - COLORS.astype(np.float32)[:, None], axis=2), np.inf)
+        junction = ~edge & near.any(axis=0)
+        out[ys[edge], xs[edge]] = np.where(t[edge] < 0.5, ka[edge], kb[edge])
+        out[ys[junction], xs[junction]] = d_near[:, junction].argmin(axis=0)
+        clean[ys[edge | junction], xs[edge | junction]] = 0
     far = clean < 0
     if far.any():
         n_far = int(far.sum())
