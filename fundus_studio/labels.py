@@ -74,9 +74,11 @@ GRADE_NAMES: tuple[str, ...] = (
 )
 NUM_GRADES: int = len(GRADE_NAMES)
 
-# Colour matching: a pixel within this RGB distance of a palette colour, or of the straight line
-# between two palette colours (an anti-aliased edge is such a blend), is accepted. JPEG at quality
-# 75 moves flat colours by < 20 and edges by up to ~40.
+# Colour matching (RGB distances). JPEG at quality 75 moves flat colours by < 20, so a pixel this
+# close to a palette colour is clean; edges (blends of two colours, ringing) move by up to ~40 from
+# the straight line between two palette colours. The clean radius stays well under half the
+# closest pair's distance, or blends of two classes would pass as a third.
+CLEAN_TOLERANCE: float = 30.0
 COLOR_TOLERANCE: float = 48.0
 
 
@@ -144,28 +146,19 @@ def class_fractions(index_map: np.ndarray) -> np.ndarray:
     return counts / max(1, index_map.size)
 
 
-def _match_colors(colors: np.ndarray) -> dict[str, np.ndarray]:
-    """For ``(K, 3)`` colours: the nearest palette entry and the nearest blend of two entries."""
+def _blends(colors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance ``(K, P)`` of ``(K, 3)`` colours to the blend a·(1-t) + b·t of every palette pair
+    ``PAIRS``, and the blend fraction ``t`` of the closest point."""
     c = colors.astype(np.float32)
-    pal = COLORS.astype(np.float32)
-    d_point = np.linalg.norm(c[:, None, :] - pal[None], axis=2)  # (K, C)
-    point = d_point.argmin(axis=1)
-    rows = np.arange(len(c))
-    # Blends a·(1-t) + b·t of every palette pair, as anti-aliasing and chroma subsampling make.
-    ia, ib = np.triu_indices(NUM_CLASSES, k=1)
-    a, b = pal[ia], pal[ib]  # (P, 3)
+    a, b = COLORS[PAIRS[0]].astype(np.float32), COLORS[PAIRS[1]].astype(np.float32)  # (P, 3)
     ab = b - a
     t = np.clip(((c[:, None, :] - a[None]) * ab[None]).sum(2) / (ab * ab).sum(1)[None], 0.0, 1.0)
-    d_seg = np.linalg.norm(c[:, None, :] - (a[None] + t[..., None] * ab[None]), axis=2)  # (K, P)
-    pair = d_seg.argmin(axis=1)
-    return {
-        "point": point, "point_d": d_point[rows, point],
-        "a": ia[pair], "b": ib[pair], "t": t[rows, pair], "seg_d": d_seg[rows, pair],
-    }
+    return np.linalg.norm(c[:, None, :] - (a[None] + t[..., None] * ab[None]), axis=2), t
 
 
-# A blended pixel counts only this close (in pixels) to a clean pixel of one of its two classes:
-# edges are blends, but a photograph is not a label map.
+PAIRS: tuple[np.ndarray, np.ndarray] = np.triu_indices(NUM_CLASSES, k=1)
+# An unsure pixel is read as an edge only this close (in pixels) to clean pixels: edges are
+# blends, but a photograph is not a label map.
 BLEND_RADIUS: int = 3
 
 
@@ -176,9 +169,9 @@ def from_color(
 
     A pixel within ``tolerance`` of a palette colour is clean and takes that class. An unsure pixel
     within ``BLEND_RADIUS`` of clean ones is an edge (anti-aliasing, JPEG ringing): it takes the
-    nearer end of the two-colour blend it lies on, or else the neighbouring class of the nearest
-    colour. Pixels farther from every clean pixel raise :class:`InputError` saying how many there
-    are, unless ``nearest`` asks to snap every pixel to its nearest palette colour.
+    nearer end of the blend of two neighbouring classes it lies on, or else the neighbouring class
+    of the nearest colour. Pixels farther from every clean pixel raise :class:`InputError` saying
+    how many there are, unless ``nearest`` asks to snap every pixel to its nearest palette colour.
     """
     import cv2  # lazy: keeps `import fundus_studio.labels` light
 
@@ -188,11 +181,13 @@ def from_color(
     packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     uniq, inverse = np.unique(packed.ravel(), return_inverse=True)
     inverse = inverse.reshape(packed.shape)
-    m = _match_colors(np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1))
+    ucolors = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1).astype(np.float32)
+    d_point = np.linalg.norm(ucolors[:, None, :] - COLORS[None].astype(np.float32), axis=2)  # (K, C)
+    point = d_point.argmin(axis=1)
     if nearest:
-        return m["point"].astype(np.uint8)[inverse]
+        return point.astype(np.uint8)[inverse]
 
-    clean = np.where(m["point_d"] <= tolerance, m["point"], -1)[inverse]  # (H, W), -1 = unsure
+    clean = np.where(d_point.min(axis=1) <= min(tolerance, CLEAN_TOLERANCE), point, -1)[inverse]  # (H, W), -1 = unsure
     out = np.maximum(clean, 0).astype(np.uint8)
     unsure = clean < 0
     if unsure.any():
@@ -200,19 +195,23 @@ def from_color(
         ys, xs = np.nonzero(unsure)
         # near[k, i]: unsure pixel i lies within BLEND_RADIUS of a clean pixel of class k.
         near = np.stack([cv2.dilate((clean == k).astype(np.uint8), kernel)[ys, xs] > 0 for k in range(NUM_CLASSES)])
-        cols = np.arange(len(ys))
-        u = inverse[ys, xs]
-        ka, kb, t = m["a"][u], m["b"][u], m["t"][u]
-        # An edge: the blend of two classes, next to a clean pixel of one of them.
-        edge = (m["seg_d"][u] <= tolerance) & (near[ka, cols] | near[kb, cols])
-        # Otherwise (junctions of three strokes, JPEG ringing) a pixel next to clean pixels takes the
+        u_ids, u_inv = np.unique(inverse[ys, xs], return_inverse=True)
+        d_seg, t_seg = _blends(ucolors[u_ids])
+        d_seg, t_seg = d_seg[u_inv], t_seg[u_inv]  # (N, P) per unsure pixel
+        na, nb = near[PAIRS[0]].T, near[PAIRS[1]].T  # (N, P)
+        # Prefer blends of two classes both present nearby; a thin stroke may have no clean pixel.
+        score = np.where(na & nb, d_seg, np.where(na | nb, d_seg + tolerance / 2, np.inf))
+        pair = score.argmin(axis=1)
+        rows = np.arange(len(ys))
+        edge = d_seg[rows, pair] <= tolerance
+        blend_class = np.where(t_seg[rows, pair] < 0.5, PAIRS[0][pair], PAIRS[1][pair])
+        # Elsewhere (three strokes meeting, JPEG ringing) a pixel next to clean pixels takes the
         # neighbouring class of the nearest colour; only off-palette areas wider than the radius fail.
-        d_near = np.where(near, np.linalg.norm(
-            image[ys, xs, :3].astype(np.float32)[None] - COLORS.astype(np.float32)[:, None], axis=2), np.inf)
-        junction = ~edge & near.any(axis=0)
-        out[ys[edge], xs[edge]] = np.where(t[edge] < 0.5, ka[edge], kb[edge])
-        out[ys[junction], xs[junction]] = d_near[:, junction].argmin(axis=0)
-        clean[ys[edge | junction], xs[edge | junction]] = 0
+        d_near = np.where(near, d_point[inverse[ys, xs]].T, np.inf)  # (C, N)
+        ringing = ~edge & near.any(axis=0)
+        out[ys[edge], xs[edge]] = blend_class[edge]
+        out[ys[ringing], xs[ringing]] = d_near[:, ringing].argmin(axis=0)
+        clean[ys[edge | ringing], xs[edge | ringing]] = 0
     far = clean < 0
     if far.any():
         n_far = int(far.sum())
