@@ -1,0 +1,103 @@
+"""Canvas value ⇄ label map, and the statistics the Paint tab shows."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from fundus_studio import editor, labels
+from fundus_studio.errors import InputError
+
+SIZE = 128
+
+
+def _stroke(colour_index: int, *, thickness: int = 6, aa: bool = True) -> np.ndarray:
+    """An RGBA layer with one anti-aliased line in a class colour, as the browser canvas sends it."""
+    layer = np.zeros((SIZE, SIZE, 4), np.uint8)
+    colour = (*labels.CLASSES[colour_index].color, 255)
+    cv2.line(layer, (20, 64), (108, 64), colour, thickness, lineType=cv2.LINE_AA if aa else cv2.LINE_8)
+    return layer
+
+
+def test_blank_template_is_a_disc_of_retina() -> None:
+    t = editor.blank_template(size=SIZE)
+    assert t[0, 0] == labels.OUTSIDE and t[SIZE // 2, SIZE // 2] == labels.RETINA
+    assert set(np.unique(t)) == {labels.OUTSIDE, labels.RETINA}
+    assert (t == labels.RETINA).mean() == pytest.approx(np.pi * (SIZE / 2 - 1) ** 2 / SIZE**2, abs=0.01)
+
+
+def test_unpainted_canvas_gives_the_base_map() -> None:
+    base = editor.blank_template(size=SIZE)
+    assert np.array_equal(editor.painted_map(editor.editor_value(base), base=base), base)
+    assert np.array_equal(editor.painted_map(None, base=base), base)
+
+
+def test_a_stroke_paints_its_class_and_only_where_opaque() -> None:
+    base = editor.blank_template(size=SIZE)
+    layer = _stroke(labels.HAEMORRHAGE)
+    got = editor.painted_map({"background": None, "layers": [layer], "composite": None}, base=base)
+    painted = layer[..., 3] >= editor.PAINTED_ALPHA
+    assert painted.sum() > 300
+    assert (got[painted] == labels.HAEMORRHAGE).all()
+    assert np.array_equal(got[~painted], base[~painted])
+    # The anti-aliased fringe carries premultiplied-looking blends; none of them becomes a third class.
+    assert set(np.unique(got)) == {labels.OUTSIDE, labels.RETINA, labels.HAEMORRHAGE}
+
+
+def test_strokes_over_a_cleared_background_still_use_the_base() -> None:
+    base = editor.blank_template(size=SIZE)
+    white = np.full((SIZE, SIZE, 4), 255, np.uint8)  # what "clear canvas" leaves as background/composite
+    got = editor.painted_map({"background": white, "layers": [_stroke(labels.VESSEL)], "composite": white}, base=base)
+    assert (got == labels.VESSEL).any()
+    assert got[0, 0] == labels.OUTSIDE
+
+
+def test_layers_of_another_size_are_scaled() -> None:
+    base = editor.blank_template(size=SIZE)
+    big = cv2.resize(_stroke(labels.HARD_EXUDATE, aa=False), (2 * SIZE, 2 * SIZE), interpolation=cv2.INTER_NEAREST)
+    got = editor.painted_map({"layers": [big]}, base=base)
+    assert (got == labels.HARD_EXUDATE).sum() > 300
+
+
+def test_non_rgba_layer_is_refused() -> None:
+    with pytest.raises(InputError, match="RGBA"):
+        editor.painted_map({"layers": [np.zeros((SIZE, SIZE, 3), np.uint8)]}, base=editor.blank_template(size=SIZE))
+
+
+def test_map_stats_counts_pixels_and_spots() -> None:
+    m = editor.blank_template(size=SIZE)
+    m[10:12, 40:42] = labels.MICROANEURYSM
+    m[50:52, 60:62] = labels.MICROANEURYSM
+    m[80:90, 50:60] = labels.HAEMORRHAGE
+    s = editor.map_stats(m)
+    assert s.pixels["microaneurysm"] == 8 and s.spots["microaneurysm"] == 2
+    assert s.pixels["haemorrhage"] == 100 and s.spots["haemorrhage"] == 1
+    assert s.spots["hard_exudate"] == 0
+    fov = SIZE * SIZE - s.pixels["outside"]
+    assert s.fov_fraction["haemorrhage"] == pytest.approx(100 / fov)
+
+
+def test_uploaded_maps_of_any_size_are_resized_nearest() -> None:
+    m = editor.blank_template(size=64)
+    m[20:30, 20:30] = labels.SOFT_EXUDATE
+    got = editor.uploaded_map(labels.to_color(m), size=SIZE, nearest=False)
+    assert got.shape == (SIZE, SIZE)
+    assert set(np.unique(got)) == set(np.unique(m))
+
+
+def test_overlay_blends_only_structures() -> None:
+    m = editor.blank_template(size=SIZE)
+    m[60:70, 60:70] = labels.HARD_EXUDATE
+    photo = np.full((SIZE, SIZE, 3), 100, np.uint8)
+    out = editor.overlay(photo, m, opacity=1.0)
+    assert (out[65, 65] == labels.CLASSES[labels.HARD_EXUDATE].color).all()
+    assert (out[5, 5] == 100).all() and (out[30, 64] == 100).all()
+    with pytest.raises(InputError):
+        editor.overlay(photo, m, opacity=2.0)
+
+
+def test_brush_colours_cover_every_paintable_class() -> None:
+    cols = editor.brush_colors()
+    assert len(cols) == labels.NUM_CLASSES - 1 and len(set(cols)) == len(cols)
+    assert editor.hex_color(labels.OUTSIDE) not in cols
