@@ -108,7 +108,8 @@ def read_mask(path: str | os.PathLike[str], *, threshold: int = 1) -> np.ndarray
         img = img.convert("RGB")
     arr = _to_uint8(img)
     if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2) if arr.shape[2] != 2 else arr[..., 0]
+        # Chained maximum: several times faster than .max(axis=2) on 4288×2848 masks.
+        arr = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2]) if arr.shape[2] >= 3 else arr[..., 0]
     return arr >= threshold
 
 
