@@ -1,43 +1,447 @@
-"""Fundus Studio web app (placeholder until the app issue): shows the label taxonomy.
+"""Fundus Studio: paint lesion maps and watch them render, browse samples per grade, curate and export.
 
-Run with ``make run`` or ``python app.py [--host 127.0.0.1] [--port 7860] [--checkpoints DIR]``.
+``python app.py [--host 127.0.0.1] [--port 7860] [--checkpoints DIR] [--auth USER:PASS]``
+
+The app is thin: every handler below calls :class:`fundus_studio.studio.Studio` (models loaded
+lazily, once, and shared by all users) and the framework-free helpers of
+:mod:`fundus_studio.editor` and :mod:`fundus_studio.export`. Per-user data (the painting's base
+map, the gallery, the curation) lives in ``gr.State``, so two browser tabs never see each other's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Renders share 2 cores with the server: spinning OpenMP threads made a 0.1 s render take 1.5 s.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 
-from fundus_studio import labels  # noqa: E402
+from fundus_studio import editor, labels  # noqa: E402
+from fundus_studio.errors import StudioError  # noqa: E402
+from fundus_studio.export import GalleryItem, export_items, write_download  # noqa: E402
+from fundus_studio.imageio import read_image, read_label_map  # noqa: E402
+from fundus_studio.studio import Studio  # noqa: E402
+
+CHECKPOINTS = Path(os.environ.get("FUNDUS_STUDIO_CHECKPOINTS", "checkpoints"))
+# px; label maps are painted and rendered at this size (--size, or FUNDUS_STUDIO_SIZE for `gradio app.py`).
+CANVAS_SIZE = int(os.environ.get("FUNDUS_STUDIO_SIZE", "512"))
+MAX_UPLOAD = "20mb"
+MAX_PER_GRADE = 12  # gallery and on-the-spot export: samples per grade per request
+MAX_GALLERY = 120  # items kept per user; the oldest are dropped beyond it
+CONCURRENCY = 2  # renders at once: one per core on our 2-core machines
+MAX_QUEUE = 64  # requests waiting beyond that are refused rather than piling up in memory
+START_BLANK, START_SAMPLE, START_UPLOAD, START_PHOTO = "Blank retina", "ACGAN sample", "Upload label map", "Extract from photo"
+VIEW_SIDE, VIEW_OVERLAY = "Side by side", "Overlay"
+PHANTOM_NOTE = (
+    "**The shipped demo models were trained on procedural phantoms, not on photographs of eyes.** "
+    "Their renders and lesion maps illustrate the method; they are not clinical images. "
+    "See the *Models* tab for how to train on IDRiD or FGADR."
+)
+
+STUDIO = Studio.from_checkpoints(CHECKPOINTS)  # cheap: models load on first use
 
 
-def taxonomy_markdown() -> str:
-    rows = [
-        f"| {c.index} | {c.name} | {c.short} | `rgb{c.color}` |" for c in labels.CLASSES
-    ]
-    return "\n".join(["| index | class | short | colour |", "|---|---|---|---|", *rows])
+# The editor keeps uploaded stroke blobs in a dict shared by all users and frees an entry only when
+# an event consumes it; bounded, so a long-running server cannot grow without limit.
+MAX_EDITOR_BLOBS = 256
 
 
-with gr.Blocks(title="Fundus Studio") as demo:
-    gr.Markdown("# Fundus Studio\nThe painting, gallery and export tabs arrive with the models.")
-    gr.Markdown(taxonomy_markdown())
+class _BoundedDict(OrderedDict):
+    """A dict that forgets its oldest entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def legend_html() -> str:
+    chips = "".join(
+        f'<span style="display:inline-flex;align-items:center;margin:2px 10px 2px 0">'
+        f'<span style="width:14px;height:14px;background:{editor.hex_color(c.index)};'
+        f'border:1px solid #555;margin-right:5px;display:inline-block"></span>{c.index} {c.name} ({c.short})</span>'
+        for c in labels.CLASSES
+    )
+    return f'<div id="legend" style="font-size:13px;line-height:1.5">{chips}</div>'
+
+
+def stats_markdown(index_map: np.ndarray, *, grade_probs: np.ndarray | None) -> str:
+    s = editor.map_stats(index_map)
+    rows = [f"| {name} | {s.pixels[name]} | {100 * s.fov_fraction.get(name, 0.0):.2f} % | {s.spots.get(name, '')} |"
+            for name in labels.NAMES if name != "outside"]
+    table = "\n".join(["| class | pixels | of field of view | spots |", "|---|---|---|---|", *rows])
+    if grade_probs is None:
+        grade = "Grade classifier: not loaded (no `grade_classifier` checkpoint)."
+    else:
+        g = int(np.argmax(grade_probs))
+        grade = f"**Grade classifier:** grade {g} ({labels.GRADE_NAMES[g]}), p = {grade_probs[g]:.2f}"
+    return f"{grade}\n\n{table}"
+
+
+def _show(index_map: np.ndarray, photo: np.ndarray, *, view: str, opacity: float) -> np.ndarray:
+    if view == VIEW_OVERLAY:
+        return editor.overlay(photo, index_map, opacity=opacity)
+    return np.concatenate([labels.to_color(index_map), photo], axis=1)
+
+
+def _style(style_path: str | None) -> np.ndarray | None:
+    return read_image(style_path) if style_path else None
+
+
+def _as_int(value: float | int | None, default: int = 0) -> int:
+    return default if value is None else int(value)
+
+
+# --- Paint --------------------------------------------------------------------------------------
+
+
+def start_map(source: str, grade: int, seed: float, upload: str | None, photo: str | None, nearest: bool):
+    """The map a painting starts from → (editor value, base map, message)."""
+    seed = _as_int(seed)
+    try:
+        if source == START_SAMPLE:
+            base = STUDIO.sample_labels(grade=int(grade), count=1, seed=seed, size=CANVAS_SIZE)[0]
+        elif source == START_UPLOAD:
+            if not upload:
+                raise StudioError("choose a label map file to upload first")
+            base = editor.uploaded_map(read_label_map(upload, nearest=nearest), size=CANVAS_SIZE, nearest=nearest)
+        elif source == START_PHOTO:
+            if not photo:
+                raise StudioError("choose a photo to upload first")
+            base = STUDIO.extract(read_image(photo), size=CANVAS_SIZE)
+        else:
+            base = editor.blank_template(size=CANVAS_SIZE)
+    except StudioError as err:
+        gr.Warning(str(err))
+        return gr.skip(), gr.skip(), f"⚠️ {err}"
+    return editor.editor_value(base), base, f"Started from: {source.lower()}."
+
+
+def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
+                  opacity: float):
+    """Every finished stroke: the painted map → render, statistics, current map."""
+    base = editor.blank_template(size=CANVAS_SIZE) if base is None else base
+    try:
+        index_map = editor.painted_map(value, base=base)
+        photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
+    except StudioError as err:
+        gr.Warning(str(err))
+        return gr.skip(), gr.skip(), gr.skip()
+    stats = stats_markdown(index_map, grade_probs=STUDIO.classify_grade(index_map))
+    return _show(index_map, photo, view=view, opacity=opacity), stats, index_map
+
+
+def rerender(index_map: np.ndarray | None, seed: float, style: str | None, view: str, opacity: float):
+    if index_map is None:
+        return gr.skip()
+    try:
+        photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
+    except StudioError as err:
+        gr.Warning(str(err))
+        return gr.skip()
+    return _show(index_map, photo, view=view, opacity=opacity)
+
+
+def downloads(index_map: np.ndarray | None, seed: float, style: str | None):
+    if index_map is None:
+        gr.Warning("paint or load a map first")
+        return gr.skip()
+    photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
+    folder = Path(tempfile.mkdtemp(prefix="fundus-download-"))
+    return [str(write_download(folder / "label.png", index_map=index_map)),
+            str(write_download(folder / "render.png", photo=photo))]
+
+
+def keep_painting(index_map: np.ndarray | None, base_source: str, grade: int, seed: float, items: list[GalleryItem]):
+    """Add the current painting to this user's curated set."""
+    if index_map is None:
+        gr.Warning("paint or load a map first")
+        return gr.skip(), gr.skip()
+    photo = STUDIO.render(index_map, seed=_as_int(seed))
+    provenance = "painted" if base_source == START_BLANK else "edited"
+    item = GalleryItem(label=index_map, image=photo, grade=int(grade), seed=_as_int(seed), provenance=provenance,
+                       kept=True)
+    items = [*items, item][-MAX_GALLERY:]
+    return items, f"Added to the curated set ({sum(i.kept is True for i in items)} kept)."
+
+
+# --- Gallery ------------------------------------------------------------------------------------
+
+
+def sample_gallery(grades: list[str], per_grade: float, seed: float, items: list[GalleryItem],
+                   progress: gr.Progress = gr.Progress(track_tqdm=True)):
+    per_grade = max(1, min(MAX_PER_GRADE, _as_int(per_grade, 1)))
+    try:
+        new = STUDIO.sample_pairs(grades=[int(g) for g in grades], per_grade=per_grade, seed=_as_int(seed),
+                                  size=CANVAS_SIZE)
+    except StudioError as err:
+        gr.Warning(str(err))
+        return gr.skip()
+    return [*items, *(GalleryItem(label=m, image=p, grade=g, seed=s, provenance="sampled") for m, p, g, s in new)][
+        -MAX_GALLERY:]
+
+
+def gallery_view(items: list[GalleryItem], grade_filter: str):
+    shown = [i for i, it in enumerate(items) if grade_filter == "all" or str(it.grade) == grade_filter]
+    pics = [(np.concatenate([labels.to_color(items[i].label), items[i].image], axis=1),
+             f"#{i} grade {items[i].grade} · seed {items[i].seed} · {items[i].status}") for i in shown]
+    return pics, shown
+
+
+def gallery_select(shown: list[int], evt: gr.SelectData):
+    return shown[evt.index] if evt is not None and evt.index is not None and evt.index < len(shown) else None
+
+
+def set_kept(items: list[GalleryItem], selected: int | None, kept: bool):
+    if selected is None or selected >= len(items):
+        gr.Warning("select a sample in the gallery first")
+        return gr.skip()
+    items = list(items)
+    items[selected] = items[selected].with_kept(kept)
+    return items
+
+
+def open_in_paint(items: list[GalleryItem], selected: int | None):
+    if selected is None or selected >= len(items):
+        gr.Warning("select a sample in the gallery first")
+        return gr.skip(), gr.skip(), gr.skip()
+    base = items[selected].label
+    return editor.editor_value(base), base, gr.Tabs(selected="paint")
+
+
+# --- Export -------------------------------------------------------------------------------------
+
+
+def export(what: str, per_grade: float, seed: float, items: list[GalleryItem],
+           progress: gr.Progress = gr.Progress(track_tqdm=True)):
+    try:
+        if what == "Curated set":
+            chosen = [it for it in items if it.kept is True]
+            if not chosen:
+                raise StudioError("nothing is kept yet: keep samples in the Gallery or add paintings first")
+        else:
+            pairs = STUDIO.sample_pairs(grades=list(range(labels.NUM_GRADES)),
+                                        per_grade=max(1, min(MAX_PER_GRADE, _as_int(per_grade, 1))),
+                                        seed=_as_int(seed), size=CANVAS_SIZE)
+            chosen = [GalleryItem(label=m, image=p, grade=g, seed=s, provenance="sampled") for m, p, g, s in pairs]
+        path = export_items(chosen, out_dir=Path(tempfile.mkdtemp(prefix="fundus-export-")), size=CANVAS_SIZE,
+                            checkpoint_hashes=STUDIO.checkpoint_hashes(), zip_it=True)
+    except StudioError as err:
+        gr.Warning(str(err))
+        return gr.skip(), f"⚠️ {err}"
+    return str(path), f"Exported {len(chosen)} samples."
+
+
+# --- API for gradio_client ----------------------------------------------------------------------
+
+
+def _api(fn):
+    """API endpoints report bad input as a gradio error (the client raises it), never a traceback."""
+
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except StudioError as err:
+            raise gr.Error(str(err)) from None
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+@_api
+def api_render(label_map: str, seed: float) -> np.ndarray:
+    """/render(label_map: image file, seed: int) -> image file."""
+    index_map = editor.uploaded_map(read_label_map(label_map), size=CANVAS_SIZE, nearest=False)
+    return STUDIO.render(index_map, seed=_as_int(seed))
+
+
+@_api
+def api_sample(grade: float, count: float, seed: float) -> list[tuple[np.ndarray, str]]:
+    """/sample(grade, count, seed) -> gallery of label maps (palette colours)."""
+    count = max(1, min(MAX_PER_GRADE, _as_int(count, 1)))
+    maps = STUDIO.sample_labels(grade=_as_int(grade), count=count, seed=_as_int(seed), size=CANVAS_SIZE)
+    return [(labels.to_color(m), f"grade {_as_int(grade)} #{i}") for i, m in enumerate(maps)]
+
+
+@_api
+def api_extract(photo: str) -> np.ndarray:
+    """/extract(photo: image file) -> label map file (taxonomy colours)."""
+    return labels.to_color(STUDIO.extract(read_image(photo), size=CANVAS_SIZE))
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="Fundus Studio", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# Fundus Studio\nPaint a retinal label map and watch it render; sample, curate and export.")
+        gr.Markdown(PHANTOM_NOTE)
+        items = gr.State([])  # this user's gallery and curated set
+        with gr.Tabs() as tabs:
+            with gr.Tab("Paint", id="paint"):
+                base = gr.State(None)
+                current = gr.State(None)
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        canvas = gr.ImageEditor(
+                            value=editor.editor_value(editor.blank_template(size=CANVAS_SIZE)),
+                            type="numpy", image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
+                            fixed_canvas=True, sources=(), transforms=(), layers=False, format="png",
+                            brush=gr.Brush(colors=editor.brush_colors(), color_mode="fixed",
+                                           default_color=editor.hex_color(labels.HAEMORRHAGE), default_size=8),
+                            eraser=gr.Eraser(default_size=12), label="Label map", elem_id="canvas",
+                        )
+                        canvas.blob_storage = _BoundedDict(MAX_EDITOR_BLOBS)
+                        gr.HTML(legend_html())
+                        with gr.Accordion("Start from", open=True):
+                            source = gr.Radio([START_BLANK, START_SAMPLE, START_UPLOAD, START_PHOTO],
+                                              value=START_BLANK, label="Start from")
+                            with gr.Row():
+                                start_grade = gr.Slider(0, labels.NUM_GRADES - 1, value=2, step=1, label="Grade")
+                                start_seed = gr.Number(0, precision=0, label="Sample seed")
+                            with gr.Row():
+                                upload = gr.File(label="Label map (PNG/JPEG)", file_types=["image"], type="filepath")
+                                photo = gr.File(label="Fundus photo", file_types=["image"], type="filepath")
+                            nearest = gr.Checkbox(False, label="Snap unknown colours to the nearest class")
+                            load_btn = gr.Button("Load", elem_id="load")
+                            start_msg = gr.Markdown()
+                    with gr.Column(scale=1):
+                        shown = gr.Image(label="Label map | render", format="png", interactive=False, elem_id="render")
+                        with gr.Row():
+                            view = gr.Radio([VIEW_SIDE, VIEW_OVERLAY], value=VIEW_SIDE, label="View")
+                            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                        with gr.Row():
+                            seed = gr.Number(0, precision=0, label="Render seed")
+                            style = gr.File(label="Style photo (optional)", file_types=["image"], type="filepath")
+                        stats = gr.Markdown(elem_id="stats")
+                        with gr.Row():
+                            dl_btn = gr.Button("Prepare downloads")
+                            keep_btn = gr.Button("Add to curated set")
+                        files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+                        keep_msg = gr.Markdown()
+            with gr.Tab("Gallery", id="gallery"):
+                with gr.Row():
+                    g_grades = gr.CheckboxGroup([str(g) for g in range(labels.NUM_GRADES)],
+                                                value=[str(g) for g in range(labels.NUM_GRADES)], label="Grades")
+                    g_count = gr.Slider(1, MAX_PER_GRADE, value=2, step=1, label="Samples per grade")
+                    g_seed = gr.Number(0, precision=0, label="Seed")
+                    g_btn = gr.Button("Sample", variant="primary")
+                g_filter = gr.Radio(["all", *(str(g) for g in range(labels.NUM_GRADES))], value="all",
+                                    label="Show grade")
+                g_shown = gr.State([])
+                g_selected = gr.State(None)
+                gallery = gr.Gallery(label="Label map | render", columns=3, format="png", allow_preview=False)
+                with gr.Row():
+                    keep = gr.Button("Keep")
+                    discard = gr.Button("Discard")
+                    to_paint = gr.Button("Open in Paint")
+            with gr.Tab("Export", id="export"):
+                e_what = gr.Radio(["Curated set", "Generate N per grade now"], value="Curated set", label="Export")
+                with gr.Row():
+                    e_count = gr.Slider(1, MAX_PER_GRADE, value=4, step=1, label="N per grade")
+                    e_seed = gr.Number(0, precision=0, label="Seed")
+                e_btn = gr.Button("Export zip", variant="primary")
+                e_file = gr.File(label="Studio dataset (zip)", interactive=False)
+                e_msg = gr.Markdown()
+            with gr.Tab("Models", id="models"):
+                gr.Markdown(PHANTOM_NOTE)
+                models_md = gr.Markdown(STUDIO.describe())
+
+        # Paint
+        load_btn.click(start_map, [source, start_grade, start_seed, upload, photo, nearest], [canvas, base, start_msg],
+                       api_name="start")
+        # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
+        # Only the latest canvas state is rendered when strokes arrive faster than renders.
+        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
+                     api_name="paint", trigger_mode="always_last")
+        # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
+        canvas.change(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
+                      api_visibility="private", trigger_mode="always_last")
+        demo.load(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
+                  api_visibility="private")
+        for control in (seed, view, opacity):
+            control.change(rerender, [current, seed, style, view, opacity], shown, api_visibility="private")
+        style.change(rerender, [current, seed, style, view, opacity], shown, api_visibility="private")
+        dl_btn.click(downloads, [current, seed, style], files, api_visibility="private")
+        keep_btn.click(keep_painting, [current, source, start_grade, seed, items], [items, keep_msg],
+                       api_visibility="private")
+        # Gallery
+        g_btn.click(sample_gallery, [g_grades, g_count, g_seed, items], items, api_visibility="private").then(
+            gallery_view, [items, g_filter], [gallery, g_shown])
+        g_filter.change(gallery_view, [items, g_filter], [gallery, g_shown], api_visibility="private")
+        gallery.select(gallery_select, g_shown, g_selected, api_visibility="private")
+        keep.click(lambda it, s: set_kept(it, s, True), [items, g_selected], items, api_visibility="private").then(
+            gallery_view, [items, g_filter], [gallery, g_shown])
+        discard.click(lambda it, s: set_kept(it, s, False), [items, g_selected], items,
+                      api_visibility="private").then(gallery_view, [items, g_filter], [gallery, g_shown])
+        to_paint.click(open_in_paint, [items, g_selected], [canvas, base, tabs], api_visibility="private")
+        # Export
+        e_btn.click(export, [e_what, e_count, e_seed, items], [e_file, e_msg], api_name="export")
+
+        # Plain endpoints for gradio_client (file in, file out).
+        with gr.Row(visible=False):
+            a_map = gr.Image(type="filepath", format="png")
+            a_seed = gr.Number(0, precision=0)
+            a_out = gr.Image(format="png")
+            a_grade = gr.Number(0, precision=0)
+            a_count = gr.Number(1, precision=0)
+            a_gallery = gr.Gallery(format="png")
+            a_btn = gr.Button()
+        a_btn.click(api_render, [a_map, a_seed], a_out, api_name="render")
+        a_btn.click(api_sample, [a_grade, a_count, a_seed], a_gallery, api_name="sample")
+        a_btn.click(api_extract, [a_map], a_out, api_name="extract")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
+    return demo
+
+
+demo = build_demo()
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Start the Fundus Studio web app.")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--checkpoints", default="checkpoints", help="folder of model checkpoints")
+    p.add_argument("--checkpoints", type=Path, default=CHECKPOINTS, help="folder of model checkpoints")
     p.add_argument("--auth", default=None, help="USER:PASS to require a login")
+    p.add_argument("--size", type=int, choices=(256, 512), default=CANVAS_SIZE,
+                   help="side of the canvas and the renders in px (default 512)")
     return p.parse_args()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    global demo, CANVAS_SIZE
     args = parse_args()
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth)
+    if args.checkpoints != CHECKPOINTS:
+        STUDIO.reload(args.checkpoints)
+    if args.size != CANVAS_SIZE:
+        CANVAS_SIZE = args.size
+        demo = build_demo()
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit("--auth must be USER:PASS")
+        auth = (user, password)
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, max_file_size=MAX_UPLOAD,
+                run_history=False, enable_monitoring=False, footer_links=["api", "settings"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The inference pipeline: grade → label map → photo → lesion masks, plus the grade judge.
+Every step is seeded by an explicit ``torch.Generator``: same seed, same output.
+
+Photos enter and leave every network as ``(B, 3, H, W)`` float tensors in [-1, 1]
+(:func:`photo_to_tensor` / :func:`tensor_to_photo`); label maps as one-hot ``(B, C, H, W)``
+(:func:`one_hot_tensor`). The trainers use the same functions.
+
+Label sampling: the ACGAN generator paints class logits at its resolution R; their softmax is
+upsampled bilinearly to the output size and arg-maxed, and the field of view is made a clean disc:
+everything outside the circle is ``outside``, nothing inside is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fundus_studio.checkpoint import load_model, paths_for
+from fundus_studio.errors import InputError
+from fundus_studio.labels import LESIONS, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
+from fundus_studio.models.acgan import Generator
+from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
+from fundus_studio.models.spade import SpadeGenerator, StyleEncoder, fold_spectral_norm
+from fundus_studio.models.unet import UNet
+
+# A disc whose radius reaches the corners covers the whole square.
+MAX_FOV_RADIUS: float = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class LabelSamplingConfig:
+    size: int = 512  # side of the returned maps (upsampled from the generator's resolution)
+    fov_radius: float | None = None  # FOV radius as a fraction of half the side; None: estimated per map
+    batch_size: int = 16  # maps per generator call (does not change the result)
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.batch_size < 1:
+            raise ValueError("size and batch_size must be positive")
+        if self.fov_radius is not None and not 0.0 < self.fov_radius <= MAX_FOV_RADIUS:
+            raise ValueError(f"fov_radius must lie in (0, √2], got {self.fov_radius}")
+
+
+def fov_disc(size: int, radius: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B,) radii (fractions of half the side) → (B, size, size) bool discs centred in the image."""
+    c = (size - 1) / 2.0
+    yy, xx = torch.meshgrid(torch.arange(size, device=device, dtype=torch.float32),
+                            torch.arange(size, device=device, dtype=torch.float32), indexing="ij")
+    dist = torch.sqrt((yy - c) ** 2 + (xx - c) ** 2) / (size / 2.0)  # (S, S), 1.0 at the inscribed circle
+    return dist.unsqueeze(0) <= radius.to(device).view(-1, 1, 1)
+
+
+def estimate_fov_radius(probs: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) class probabilities → (B,) radius of the centred disc with the same area as the
+    map's expected inside-FOV area, as a fraction of half the side."""
+    inside = 1.0 - probs[:, OUTSIDE].mean(dim=(1, 2))  # fraction of the square inside the FOV
+    return torch.sqrt(inside * 4.0 / math.pi).clamp(min=1e-3, max=MAX_FOV_RADIUS)
+
+
+def probabilities_to_labels(probs: torch.Tensor, *, size: int, fov_radius: float | None = None) -> torch.Tensor:
+    """(B, C, R, R) probabilities → (B, size, size) uint8 index maps with a clean circular FOV.
+
+    Bilinear upsampling of the probabilities (not of the indices) gives smooth class boundaries.
+    """
+    if probs.shape[-1] != size:
+        probs = F.interpolate(probs, size=(size, size), mode="bilinear", align_corners=False)
+    else:
+        probs = probs.clone()  # modified below; the caller's tensor is left alone
+    radius = (estimate_fov_radius(probs) if fov_radius is None
+              else torch.full((probs.shape[0],), float(fov_radius), device=probs.device))
+    disc = fov_disc(size, radius, device=probs.device)
+    probs[:, OUTSIDE] = -1.0  # inside the disc the best non-outside class wins
+    labels = probs.max(dim=1).indices  # (max is several times faster than argmax over dim 1 on CPU)
+    return torch.where(disc, labels, torch.full_like(labels, OUTSIDE)).to(torch.uint8)
+
+
+class LabelSampler:
+    """Samples grade-conditioned label maps from a (loaded) ACGAN generator.
+
+    >>> sampler = LabelSampler.from_checkpoint("checkpoints/acgan.safetensors")   # doctest: +SKIP
+    >>> maps = sampler.sample(grade=3, count=4, seed=7)     # (4, 512, 512) uint8
+    """
+
+    def __init__(self, generator: Generator, *, config: LabelSamplingConfig = LabelSamplingConfig(),
+                 device: torch.device | str = "cpu") -> None:
+        # The sampler owns the generator: it is moved, put in eval mode and made channels-last.
+        self.generator = generator.to(device, memory_format=torch.channels_last).eval()
+        self.config = config
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, config: LabelSamplingConfig = LabelSamplingConfig(),
+                        device: torch.device | str = "cpu") -> LabelSampler:
+        """Load ``path`` (raises CheckpointError naming the file if it cannot)."""
+        return cls(load_model(path, expected=Generator, device=device), config=config, device=device)  # type: ignore[arg-type]
+
+    @property
+    def resolution(self) -> int:
+        return self.generator.config.resolution
+
+    def latents(self, *, count: int, seed: int) -> torch.Tensor:
+        """(count, z_dim) latents, drawn on the CPU from ``seed`` so every device gets the same ones;
+        latent i does not depend on ``count``."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(count, self.generator.config.z_dim, generator=gen)
+
+    @torch.no_grad()
+    def probabilities(self, z: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+        """(B, z_dim) latents, (B,) grades → (B, C, R, R) class probabilities at the generator's R."""
+        out = [self.generator(zb.to(self.device), gb.to(self.device)).float().softmax(dim=1)
+               for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size))]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def sample_grades(self, grades: list[int] | torch.Tensor, *, seed: int, size: int | None = None) -> np.ndarray:
+        """One map per entry of ``grades`` (latent i for entry i) → (N, size, size) uint8."""
+        grades = torch.as_tensor(grades, dtype=torch.long)
+        if grades.ndim != 1 or grades.numel() == 0:
+            raise InputError("grades must be a non-empty list of integers")
+        if (grades < 0).any() or (grades >= NUM_GRADES).any():
+            raise InputError(f"grade must be 0..{NUM_GRADES - 1}, got {grades.tolist()}")
+        size = self.config.size if size is None else size
+        if size < 1:
+            raise InputError(f"size must be positive, got {size}")
+        z = self.latents(count=len(grades), seed=seed)
+        maps = []
+        for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size)):
+            probs = self.probabilities(zb, gb)
+            maps.append(probabilities_to_labels(probs, size=size, fov_radius=self.config.fov_radius).cpu())
+        return torch.cat(maps).numpy()
+
+    def sample(self, *, grade: int, count: int, seed: int, size: int | None = None) -> np.ndarray:
+        """``count`` maps of DR ``grade`` → (count, size, size) uint8 class indices."""
+        if count < 1:
+            raise InputError(f"count must be positive, got {count}")
+        return self.sample_grades([grade] * count, seed=seed, size=size)
+
+
+# --- photos ⇄ tensors -----------------------------------------------------------------------------
+
+
+def photo_to_tensor(photo: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 (or ``(B, H, W, 3)``) → ``(B, 3, H, W)`` float32 in [-1, 1], as every
+    network here (renderer output, style encoder and segmenter input) sees photos."""
+    if photo.dtype != np.uint8 or photo.shape[-1] != 3 or photo.ndim not in (3, 4):
+        raise InputError(f"expected (H, W, 3) uint8 photos, got {photo.shape} {photo.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(photo if photo.ndim == 4 else photo[None]))
+    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_photo(x: torch.Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` in [-1, 1] → ``(B, H, W, 3)`` uint8."""
+    return ((x.float().clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def one_hot_tensor(index_maps: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` or ``(B, H, W)`` uint8 indices → ``(B, C, H, W)`` float32 one-hot."""
+    maps = torch.from_numpy(np.ascontiguousarray(index_maps if index_maps.ndim == 3 else index_maps[None]))
+    return F.one_hot(maps.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+
+def pad_to_stride(index_map: np.ndarray, *, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad a map with ``outside`` to a square whose side is a multiple of ``stride``; return it and the
+    original (H, W) to crop the render back to. Non-square maps are centred in the square."""
+    h, w = index_map.shape
+    side = -(-max(h, w) // stride) * stride
+    if (h, w) == (side, side):
+        return index_map, (h, w)
+    out = np.full((side, side), OUTSIDE, np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = index_map
+    return out, (h, w)
+
+
+def _crop_back(photo: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    side = photo.shape[0]
+    h, w = shape
+    top, left = (side - h) // 2, (side - w) // 2
+    return photo[top : top + h, left : left + w]
+
+
+class Renderer:
+    """Label map → photo with a SPADE generator, tuned for CPU latency.
+
+    At load, spectral norm is folded into plain weights and the network is made channels-last; each
+    render runs under ``torch.inference_mode``. Label maps of any size are accepted: a map that is
+    not square or whose side is not a multiple of the network's stride is padded with ``outside``
+    (centred) and the render is cropped back to the map's size.
+
+    >>> renderer = Renderer.from_checkpoint("checkpoints/spade.safetensors")   # doctest: +SKIP
+    >>> photo = renderer.render(label_map, seed=0)   # (H, W, 3) uint8
+    """
+
+    def __init__(self, generator: SpadeGenerator, *, encoder: StyleEncoder | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.generator = fold_spectral_norm(generator).to(self.device, memory_format=torch.channels_last).eval()
+        self.encoder = None if encoder is None else fold_spectral_norm(encoder).to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Renderer:
+        """Load ``spade.safetensors`` and, when present beside it, ``spade_encoder.safetensors``."""
+        weights, _ = paths_for(path)
+        encoder_path = weights.with_name(weights.name.replace(".safetensors", "_encoder.safetensors"))
+        encoder = load_model(encoder_path, expected=StyleEncoder) if encoder_path.is_file() else None
+        return cls(load_model(weights, expected=SpadeGenerator), encoder=encoder, device=device)  # type: ignore[arg-type]
+
+    @property
+    def stride(self) -> int:
+        return self.generator.config.stride
+
+    def latent(self, *, seed: int, style: np.ndarray | None) -> torch.Tensor | None:
+        """The style code: the encoder's mean for a reference photo, else N(0, I) drawn from ``seed``."""
+        z_dim = self.generator.config.z_dim
+        if z_dim == 0:
+            if style is not None:
+                raise InputError("this renderer has no style input (z_dim = 0)")
+            return None
+        if style is not None:
+            if self.encoder is None:
+                raise InputError("this renderer was trained without a style encoder; render without a style photo")
+            mu, _ = self.encoder(photo_to_tensor(style).to(self.device))
+            return mu
+        return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+
+    @torch.inference_mode()
+    def render(self, label_map: np.ndarray, *, seed: int, style: np.ndarray | None = None) -> np.ndarray:
+        """``(H, W)`` uint8 class indices → ``(H, W, 3)`` uint8 photo. Unknown class values raise."""
+        label_map = check_index_map(label_map, what="label map to render")
+        padded, shape = pad_to_stride(label_map, stride=self.stride)
+        x = one_hot_tensor(padded).to(self.device).contiguous(memory_format=torch.channels_last)
+        out = self.generator(x, self.latent(seed=seed, style=style))
+        return _crop_back(tensor_to_photo(out)[0], shape)
+
+
+class Segmenter:
+    """Photo → lesion masks with a U-Net (one sigmoid per predicted class, threshold 0.5).
+
+    The photo goes through the one preprocessing path (field of view, crop, square, resize) first,
+    so masks come out in the geometry of :func:`fundus_studio.extract.extract_label_map`.
+    """
+
+    def __init__(self, unet: UNet, *, threshold: float = 0.5, device: torch.device | str = "cpu") -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device, memory_format=torch.channels_last).eval()
+        self.threshold = threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Segmenter:
+        return cls(load_model(path, expected=UNet), device=device)  # type: ignore[arg-type]
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return self.unet.config.classes
+
+    @torch.inference_mode()
+    def probabilities(self, photo: np.ndarray) -> np.ndarray:
+        """A squared ``(S, S, 3)`` photo (S a multiple of the U-Net's stride) → ``(K, S, S)`` float32
+        per-class probabilities, channel k for class ``self.classes[k]``."""
+        x = photo_to_tensor(photo).to(self.device).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.unet(x))[0].float().cpu().numpy()
+
+    def segment(self, photo: np.ndarray, *, size: int = 512) -> dict[int, np.ndarray]:
+        """Any fundus photo → ``{class index: (size, size) bool}`` for the predicted lesion classes."""
+        from fundus_studio.preprocess import preprocess
+
+        pre = preprocess(photo, size=size)
+        probs = self.probabilities(pre.photo)
+        return {k: (probs[i] >= self.threshold) & pre.fov for i, k in enumerate(self.classes) if k in LESIONS}
+
+
+class GradeJudge:
+    """Label map → DR-grade probabilities with the grade classifier."""
+
+    def __init__(self, classifier: GradeClassifier, *, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.classifier = classifier.to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> GradeJudge:
+        return cls(load_model(path, expected=GradeClassifier), device=device)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def probabilities(self, label_map: np.ndarray) -> np.ndarray:
+        """``(S, S)`` or ``(B, S, S)`` maps → ``(NUM_GRADES,)`` or ``(B, NUM_GRADES)`` probabilities."""
+        maps = np.asarray(label_map)
+        x = prepare_maps(one_hot_tensor(maps).to(self.device), resolution=self.classifier.config.resolution)
+        probs = self.classifier(x).softmax(dim=1).cpu().numpy()
+        return probs[0] if maps.ndim == 2 else probs

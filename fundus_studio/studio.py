@@ -1,0 +1,166 @@
+"""The Python API: ``Studio.from_checkpoints(dir)`` with numpy in, numpy out.
+
+The app, the CLI and the exporter all go through it. Models are loaded on first use, once, and
+shared by every caller (a lock makes the first load safe under the app's concurrent requests).
+
+>>> studio = Studio.from_checkpoints("checkpoints")               # doctest: +SKIP
+>>> maps = studio.sample_labels(grade=3, count=2, seed=0, size=512)   # (2, 512, 512) uint8
+>>> photo = studio.render(maps[0], seed=0)                          # (512, 512, 3) uint8
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fundus_studio import labels
+from fundus_studio.errors import CheckpointError, InputError
+
+# The checkpoint names a checkpoints folder may hold, and what each is for.
+MODEL_ROLES: dict[str, str] = {
+    "acgan": "label-map generator (ACGAN): grade → label map",
+    "spade": "renderer (SPADE): label map → photo",
+    "unet": "lesion segmenter (U-Net): photo → lesion masks",
+    "grade_classifier": "grade classifier: label map → DR grade",
+}
+REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
+
+
+class Studio:
+    """Grade → label map → photo → lesion map, over one folder of checkpoints."""
+
+    def __init__(self, checkpoints: str | os.PathLike[str]) -> None:
+        self.checkpoints = Path(checkpoints)
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: str | os.PathLike[str]) -> Studio:
+        return cls(checkpoints)
+
+    def reload(self, checkpoints: str | os.PathLike[str]) -> None:
+        """Switch to another folder; models load again on next use."""
+        with self._lock:
+            self.checkpoints = Path(checkpoints)
+            self._models.clear()
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        return self.checkpoints / f"{name}.safetensors"
+
+    def has(self, name: str) -> bool:
+        return self.path(name).is_file() and self.path(name).with_suffix(".json").is_file()
+
+    def _get(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._models:
+                if not self.has(name):
+                    raise CheckpointError(
+                        f"{self.path(name)}: missing ({MODEL_ROLES[name]}); {REGENERATE}"
+                    )
+                self._models[name] = self._build(name)
+            return self._models[name]
+
+    def _build(self, name: str) -> Any:
+        from fundus_studio import pipeline
+
+        if name == "acgan":
+            return pipeline.LabelSampler.from_checkpoint(self.path(name))
+        if name == "spade":
+            return pipeline.Renderer.from_checkpoint(self.path(name))
+        if name == "unet":
+            return pipeline.Segmenter.from_checkpoint(self.path(name))
+        if name == "grade_classifier":
+            return pipeline.GradeJudge.from_checkpoint(self.path(name))
+        raise KeyError(name)
+
+    # --- the steps -------------------------------------------------------------------------------
+
+    def sample_labels(self, *, grade: int, count: int, seed: int, size: int = 512) -> np.ndarray:
+        """``count`` label maps of DR ``grade`` → ``(count, size, size)`` uint8."""
+        return self._get("acgan").sample(grade=grade, count=count, seed=seed, size=size)
+
+    def render(self, label_map: np.ndarray, *, seed: int, style: np.ndarray | None = None) -> np.ndarray:
+        """``(S, S)`` label map → ``(S, S, 3)`` uint8 photo; ``style`` is an optional reference photo."""
+        return self._get("spade").render(label_map, seed=seed, style=style)
+
+    def sample_pairs(
+        self, *, grades: Sequence[int], per_grade: int, seed: int, size: int = 512
+    ) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+        """``per_grade`` (label map, render, grade, seed) pairs for each grade, all seeded from ``seed``."""
+        from fundus_studio.phantom import sample_seed
+
+        if not grades:
+            raise InputError("choose at least one grade")
+        out = []
+        for grade in grades:
+            maps = self.sample_labels(grade=grade, count=per_grade, seed=sample_seed(seed, grade), size=size)
+            for i, index_map in enumerate(maps):
+                render_seed = sample_seed(seed, labels.NUM_GRADES * (i + 1) + grade)
+                out.append((index_map, self.render(index_map, seed=render_seed), grade, render_seed))
+        return out
+
+    def segment(self, photo: np.ndarray, *, size: int = 512) -> dict[int, np.ndarray]:
+        """Lesion masks ``{class index: (size, size) bool}`` of a photo (U-Net)."""
+        return self._get("unet").segment(photo, size=size)
+
+    def extract(self, photo: np.ndarray, *, size: int = 512) -> np.ndarray:
+        """Photo → label map: field of view, disc and vessels (classical), lesions from the U-Net when
+        a ``unet`` checkpoint is present."""
+        from fundus_studio.extract import extract_label_map
+
+        lesions = self.segment(photo, size=size) if self.has("unet") else None
+        return extract_label_map(photo, size=size, lesions=lesions)
+
+    def classify_grade(self, label_map: np.ndarray) -> np.ndarray | None:
+        """Grade probabilities ``(NUM_GRADES,)`` of a label map, or None without a classifier."""
+        if not self.has("grade_classifier"):
+            return None
+        return self._get("grade_classifier").probabilities(label_map)
+
+    # --- description -----------------------------------------------------------------------------
+
+    def checkpoint_hashes(self) -> dict[str, str]:
+        """Short SHA-256 of each present checkpoint's weights (recorded in exports' provenance)."""
+        out = {}
+        for name in MODEL_ROLES:
+            if self.has(name):
+                try:
+                    info = json.loads(self.path(name).with_suffix(".json").read_text())
+                    out[name] = str(info.get("sha256", ""))[:16]
+                except (OSError, json.JSONDecodeError):
+                    out[name] = "unreadable"
+        return out
+
+    def describe(self) -> str:
+        """Markdown: the loaded checkpoints, their cards, and how to use others."""
+        lines = [f"### Checkpoints in `{self.checkpoints}`", "", "| model | role | status | trained on | steps |",
+                 "|---|---|---|---|---|"]
+        for name, role in MODEL_ROLES.items():
+            if not self.has(name):
+                lines.append(f"| {name} | {role} | missing | | |")
+                continue
+            try:
+                info = json.loads(self.path(name).with_suffix(".json").read_text())
+                data = info.get("data") or {}
+                trained = data.get("description") or data.get("source") or json.dumps(data)[:80]
+                lines.append(f"| {name} | {role} | present | {trained} | {info.get('step', '')} |")
+            except (OSError, json.JSONDecodeError) as err:
+                lines.append(f"| {name} | {role} | unreadable ({err}) | | |")
+        card = self.checkpoints / "README.md"
+        if card.is_file():
+            lines += ["", card.read_text()]
+        lines += [
+            "",
+            "### Other checkpoints",
+            "Train on IDRiD or FGADR (see `docs/training.md`), then start the studio on the new folder:",
+            "`python app.py --checkpoints runs/my-checkpoints`.",
+        ]
+        return "\n".join(lines)

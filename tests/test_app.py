@@ -1,0 +1,142 @@
+"""The studio app: handlers unit-tested, then the real server driven through gradio_client."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fundus_studio import labels
+from fundus_studio.dataset import StudioDataset
+from fundus_studio.editor import blank_template
+from fundus_studio.imageio import save_label_png, save_png
+
+from conftest import APP_SIZE as SIZE
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def _painted_map() -> np.ndarray:
+    m = blank_template(size=SIZE)
+    m[40:48, 30:90] = labels.HAEMORRHAGE
+    m[70:72, 70:72] = labels.MICROANEURYSM
+    return m
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+def test_paint_handler_renders_and_counts(app) -> None:
+    base = blank_template(size=SIZE)
+    layer = np.zeros((SIZE, SIZE, 4), np.uint8)
+    layer[40:48, 30:90] = (*labels.CLASSES[labels.HAEMORRHAGE].color, 255)
+    shown, stats, current = app.paint_changed({"background": None, "layers": [layer], "composite": None}, base, 0,
+                                              None, app.VIEW_SIDE, 0.5)
+    assert shown.shape == (SIZE, 2 * SIZE, 3)
+    assert (current == labels.HAEMORRHAGE).sum() == 8 * 60
+    assert "| haemorrhage | 480 |" in stats and "Grade classifier:** grade" in stats
+    overlay, _, _ = app.paint_changed({"layers": [layer]}, base, 0, None, app.VIEW_OVERLAY, 1.0)
+    assert overlay.shape == (SIZE, SIZE, 3)
+    assert (overlay[44, 60] == labels.CLASSES[labels.HAEMORRHAGE].color).all()
+
+
+def test_start_from_upload_with_unknown_colours_warns_and_keeps_the_session(app, tmp_path) -> None:
+    col = labels.to_color(_painted_map())
+    col[10:40, 10:40] = (90, 200, 120)
+    path = save_png(tmp_path / "odd.png", col)
+    value, base, msg = app.start_map(app.START_UPLOAD, 0, 0, str(path), None, False)
+    assert "outside the label palette" in msg
+    value, base, msg = app.start_map(app.START_UPLOAD, 0, 0, str(path), None, True)  # nearest-colour mapping
+    assert base.shape == (SIZE, SIZE) and msg.startswith("Started")
+
+
+def test_start_from_non_image_warns(app, tmp_path) -> None:
+    (tmp_path / "notes.png").write_text("hello")
+    _, _, msg = app.start_map(app.START_UPLOAD, 0, 0, str(tmp_path / "notes.png"), None, False)
+    assert "not an image file" in msg
+    _, _, msg = app.start_map(app.START_PHOTO, 0, 0, None, None, False)
+    assert "choose a photo" in msg
+
+
+def test_start_from_photo_and_sample(app) -> None:
+    from skimage import data
+
+    value, base, _ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False)
+    assert base.shape == (SIZE, SIZE) and value["background"].shape == (SIZE, SIZE, 4)
+
+
+def test_gallery_curation_and_per_user_export(app, tmp_path) -> None:
+    items = app.sample_gallery(["1", "3"], 2, 0, [])
+    assert [it.grade for it in items] == [1, 1, 3, 3]
+    pics, shown = app.gallery_view(items, "3")
+    assert shown == [2, 3] and pics[0][0].shape == (SIZE, 2 * SIZE, 3)
+    items = app.set_kept(items, 3, True)
+    items = app.set_kept(items, 0, False)
+    assert [it.status for it in items] == ["discarded", "undecided", "undecided", "kept"]
+    path, msg = app.export("Curated set", 1, 0, items)
+    ds = StudioDataset.open(_unzip(Path(path), tmp_path))
+    assert len(ds) == 1 and ds.samples[0].grade == 3 and ds.samples[0].extra["provenance"] == "sampled"
+    _, msg = app.export("Curated set", 1, 0, [])  # another user's empty curation is not this one's
+    assert "nothing is kept" in msg
+
+
+def _unzip(path: Path, tmp: Path) -> Path:
+    from fundus_studio.export import extract_zip
+
+    return extract_zip(path, tmp / path.stem)
+
+
+# --- through the server ---------------------------------------------------------------------------
+
+
+def test_api_render_a_painted_map(client, tmp_path) -> None:
+    from gradio_client import handle_file
+
+    m = _painted_map()
+    palette = save_label_png(tmp_path / "map.png", m)
+    colour = save_png(tmp_path / "map_rgb.png", labels.to_color(m))
+    a = np.asarray(Image.open(client.predict(handle_file(str(palette)), 3, api_name="/render")))
+    b = np.asarray(Image.open(client.predict(handle_file(str(colour)), 3, api_name="/render")))
+    assert a.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(a, b)  # palette PNG or colour PNG: the same map, the same render
+
+
+def test_api_render_refuses_a_photo(client) -> None:
+    from gradio_client import handle_file
+    from skimage import data
+
+    photo = Path(__file__).parent / "artifacts" / "retina_photo.png"
+    save_png(photo, data.retina()[::8, ::8].copy())
+    with pytest.raises(Exception, match="outside the label palette"):
+        client.predict(handle_file(str(photo)), 0, api_name="/render")
+
+
+def test_api_sample_and_extract(client, tmp_path) -> None:
+    from gradio_client import handle_file
+    from skimage import data
+
+    gallery = client.predict(2, 3, 7, api_name="/sample")
+    assert len(gallery) == 3
+    first = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+    labels.from_color(first)  # every pixel is a taxonomy colour
+    photo = save_png(tmp_path / "photo.png", data.retina()[::4, ::4].copy())
+    out = np.asarray(Image.open(client.predict(handle_file(str(photo)), api_name="/extract")).convert("RGB"))
+    assert out.shape == (SIZE, SIZE, 3)
+    assert labels.from_color(out)[0, 0] == labels.OUTSIDE
+
+
+def test_api_export_zip_is_a_studio_dataset(client, tmp_path) -> None:
+    path, msg = client.predict("Generate N per grade now", 1, 5, api_name="/export")
+    assert zipfile.is_zipfile(path) and msg == "Exported 5 samples."
+    ds = StudioDataset.open(_unzip(Path(path), tmp_path))
+    assert sorted(s.grade for s in ds) == list(range(labels.NUM_GRADES))
+    assert all(s.extra["checkpoints"].startswith("acgan:") for s in ds)
+    assert ds.size == SIZE

@@ -1,0 +1,201 @@
+"""Evaluate a label-map generator against real maps.
+
+    python -m training.evaluate_labels --checkpoint RUN/acgan.safetensors --data DIR \
+        [--classifier runs/grade_classifier/grade_classifier.safetensors] [--out report.json]
+
+(a) Grade fidelity: the grade classifier's accuracy and quadratic-weighted kappa on generated maps
+    (labelled with the grade they were generated for) versus on the classifier's held-out real maps.
+(b) Lesion statistics per grade and class: mean pixel fraction and mean number of connected
+    components, generated vs real, with the Wasserstein-1 distance between the per-map fractions.
+(c) Diversity: mean pairwise pixel disagreement between maps of one grade, generated vs real.
+
+Generated maps are sampled at the side the classifier read real maps at (its ``map_resolution``),
+with a clean FOV; real maps are resized to that side the way the classifier's were (``downsample``).
+To judge a low-resolution generator fairly, train the classifier at the generator's resolution and
+downsampling (e.g. ``--set map_resolution=64 --set downsample=keep-lesions`` for ``demo-cpu``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from scipy.stats import wasserstein_distance
+
+from fundus_studio import labels
+from fundus_studio.checkpoint import load_model, read_info
+from fundus_studio.errors import CheckpointError, StudioError
+from fundus_studio.imageio import atomic_write
+from fundus_studio.models.grade_classifier import GradeClassifier
+from fundus_studio.pipeline import LabelSampler, LabelSamplingConfig
+from training import harness
+from training.grade_classifier import predict
+
+CLASSIFIER_NAME = "grade_classifier.safetensors"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: Path  # the generator (RUN/acgan.safetensors)
+    data: Path  # the real studio dataset
+    classifier: Path | None = None  # grade classifier; default: beside the checkpoint
+    out: Path | None = None  # JSON report
+    per_grade: int = 100  # generated maps per grade
+    seed: int = 0  # sampling seed
+    diversity_pairs: int = 200  # random pairs per grade for the disagreement estimate
+
+    def __post_init__(self) -> None:
+        if self.per_grade < 2 or self.diversity_pairs < 1:
+            raise ValueError("per_grade must be ≥ 2 and diversity_pairs ≥ 1")
+
+
+def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, *, num: int = labels.NUM_GRADES) -> float:
+    """Cohen's kappa with quadratic weights (1 = perfect agreement, 0 = chance)."""
+    observed = np.zeros((num, num))
+    np.add.at(observed, (y_true, y_pred), 1)
+    w = (np.subtract.outer(np.arange(num), np.arange(num)) ** 2) / (num - 1) ** 2
+    expected = np.outer(observed.sum(1), observed.sum(0)) / max(1, observed.sum())
+    denom = (w * expected).sum()
+    return float(1.0 - (w * observed).sum() / denom) if denom > 0 else 0.0
+
+
+def lesion_stats(maps: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+    """Per lesion class: per-map pixel fraction and number of connected components."""
+    out = {}
+    for k in labels.LESIONS:
+        masks = (maps == k).astype(np.uint8)
+        out[k] = {"fraction": masks.mean(axis=(1, 2)),
+                  "components": np.array([cv2.connectedComponents(m, connectivity=8)[0] - 1 for m in masks])}
+    return out
+
+
+def disagreement(maps: np.ndarray, *, pairs: int, rng: np.random.Generator) -> float:
+    """Mean fraction of pixels on which two random different maps disagree."""
+    if len(maps) < 2:
+        return float("nan")
+    i = rng.integers(0, len(maps), pairs)
+    j = (i + rng.integers(1, len(maps), pairs)) % len(maps)
+    return float(np.mean([(maps[a] != maps[b]).mean() for a, b in zip(i, j)]))
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    classifier_path = cfg.classifier or cfg.checkpoint.parent / CLASSIFIER_NAME
+    if not classifier_path.is_file():
+        raise CheckpointError(f"{classifier_path}: no grade classifier; train one with `python -m "
+                              f"training.grade_classifier --data {cfg.data} --out RUN` and pass --classifier")
+    classifier = load_model(classifier_path, expected=GradeClassifier)
+    info = read_info(classifier_path)["data"]
+    side = int(info.get("map_resolution", classifier.config.resolution))
+    real = harness.load_label_maps(cfg.data, resolution=side, require_grade=True,
+                                   downsample=info.get("downsample", "area"))
+    heldout_ids = set(info.get("heldout_ids", []))
+    held = real.subset([i for i, s in enumerate(real.ids) if s in heldout_ids])
+    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, config=LabelSamplingConfig(size=side))
+    grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
+    generated = sampler.sample_grades(grades.tolist(), seed=cfg.seed)
+
+    # (a) grade fidelity
+    report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "classifier": str(classifier_path),
+                              "data": str(cfg.data), "resolution": side, "per_grade": cfg.per_grade}
+    pred_gen = predict(classifier, torch.from_numpy(generated))
+    fidelity = {"generated": {"accuracy": float((pred_gen == grades).mean()),
+                              "kappa": quadratic_weighted_kappa(grades, pred_gen), "count": len(grades)}}
+    if len(held):
+        y_held = held.grades.numpy()
+        pred_held = predict(classifier, held.maps)
+        fidelity["heldout_real"] = {"accuracy": float((pred_held == y_held).mean()),
+                                    "kappa": quadratic_weighted_kappa(y_held, pred_held), "count": len(held)}
+    report["grade_fidelity"] = fidelity
+    report["chance_accuracy"] = 1.0 / labels.NUM_GRADES
+
+    # (b) lesion statistics and (c) diversity, per grade
+    rng = np.random.default_rng(cfg.seed)
+    real_maps, real_grades = real.maps.numpy(), real.grades.numpy()
+    per_grade: dict[str, Any] = {}
+    for g in range(labels.NUM_GRADES):
+        gen_g, real_g = generated[grades == g], real_maps[real_grades == g]
+        sg, sr = lesion_stats(gen_g), lesion_stats(real_g) if len(real_g) else None
+        classes = {}
+        for k in labels.LESIONS:
+            entry = {"generated_fraction": float(sg[k]["fraction"].mean()),
+                     "generated_components": float(sg[k]["components"].mean())}
+            if sr is not None:
+                entry.update(real_fraction=float(sr[k]["fraction"].mean()),
+                             real_components=float(sr[k]["components"].mean()),
+                             w1_fraction=float(wasserstein_distance(sg[k]["fraction"], sr[k]["fraction"])),
+                             w1_components=float(wasserstein_distance(sg[k]["components"], sr[k]["components"])))
+            classes[labels.NAMES[k]] = entry
+        lesion_gen = float(np.isin(gen_g, labels.LESIONS).mean())
+        lesion_real = float(np.isin(real_g, labels.LESIONS).mean()) if len(real_g) else float("nan")
+        per_grade[str(g)] = {
+            "real_count": int(len(real_g)), "lesion_fraction_generated": lesion_gen,
+            "lesion_fraction_real": lesion_real, "classes": classes,
+            "diversity_generated": disagreement(gen_g, pairs=cfg.diversity_pairs, rng=rng),
+            "diversity_real": disagreement(real_g, pairs=cfg.diversity_pairs, rng=rng),
+        }
+    report["per_grade"] = per_grade
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    f = report["grade_fidelity"]
+    lines = ["| grade fidelity | accuracy | QW kappa | maps |", "|---|---|---|---|"]
+    for name, v in f.items():
+        lines.append(f"| {name} | {v['accuracy']:.3f} | {v['kappa']:.3f} | {v['count']} |")
+    lines.append(f"\nchance accuracy {report['chance_accuracy']:.2f}\n")
+    lines += ["| grade | lesion px gen | lesion px real | diversity gen | diversity real | "
+              + " | ".join(f"{labels.CLASSES[k].short} frac gen/real (W1) | {labels.CLASSES[k].short} comps gen/real"
+                           for k in labels.LESIONS) + " |",
+              "|" + "---|" * (5 + 2 * len(labels.LESIONS))]
+    for g, v in report["per_grade"].items():
+        cells = [g, f"{v['lesion_fraction_generated']:.4f}", f"{v['lesion_fraction_real']:.4f}",
+                 f"{v['diversity_generated']:.3f}", f"{v['diversity_real']:.3f}"]
+        for k in labels.LESIONS:
+            c = v["classes"][labels.NAMES[k]]
+            cells.append(f"{c['generated_fraction']:.4f}/{c.get('real_fraction', float('nan')):.4f} "
+                         f"({c.get('w1_fraction', float('nan')):.4f})")
+            cells.append(f"{c['generated_components']:.1f}/{c.get('real_components', float('nan')):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate_labels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="generator checkpoint (acgan.safetensors)")
+    parser.add_argument("--data", type=Path, required=True, help="real studio dataset")
+    parser.add_argument("--classifier", type=Path, default=None, help="grade classifier checkpoint")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    parser.add_argument("--per-grade", type=int, default=100, help="generated maps per grade (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    args = parser.parse_args(argv)
+    try:
+        return EvalConfig(checkpoint=args.checkpoint, data=args.data, classifier=args.classifier, out=args.out,
+                          per_grade=args.per_grade, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        report = evaluate(cfg)
+    except StudioError as err:
+        print(f"training.evaluate_labels: error: {err}", file=sys.stderr)
+        return 2
+    print(markdown(report))
+    if cfg.out is not None:
+        with atomic_write(cfg.out, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
