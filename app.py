@@ -397,7 +397,9 @@ def build_demo() -> gr.Blocks:
 
         # Plain endpoints for gradio_client (file in, file out).
         with gr.Row(visible=False):
-            a_map = gr.Image(type="filepath", format="png")
+            # gr.File, not gr.Image: the file arrives as uploaded (Image re-encodes it into a shared cache
+            # path, and concurrent uploads of the same map raced on that file).
+            a_map = gr.File(type="filepath")
             a_seed = gr.Number(0, precision=0)
             a_out = gr.Image(format="png")
             a_grade = gr.Number(0, precision=0)
