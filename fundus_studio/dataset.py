@@ -21,7 +21,7 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,8 @@ def classes_json() -> list[dict[str, Any]]:
     return [{"index": c.index, "name": c.name, "color": list(c.color)} for c in labels.CLASSES]
 
 
-def _check_id(sample_id: str) -> str:
+def check_id(sample_id: str) -> str:
+    """Validate a sample id (it becomes a file name); return it."""
     if not sample_id or not set(sample_id) <= _ID_CHARS or sample_id.startswith("."):
         raise InputError(f"sample id {sample_id!r}: use letters, digits, '_', '-' and '.' only")
     return sample_id
@@ -305,7 +306,7 @@ class DatasetWriter:
         extra: dict[str, str] | None = None,
     ) -> Sample:
         """Write one sample's photo and label map, then append its manifest row."""
-        _check_id(sample_id)
+        check_id(sample_id)
         s = self.size
         if image.shape != (s, s, 3) or image.dtype != np.uint8:
             raise InputError(f"sample {sample_id}: photo must be ({s}, {s}, 3) uint8, got {image.shape} {image.dtype}")
@@ -329,9 +330,27 @@ class DatasetWriter:
         )
         save_png(self.root / sample.image, image)
         save_label_png(self.root / sample.label, label)
+        self._append_row(sample)
+        return sample
+
+    def add_from(self, sample: Sample, *, root: Path) -> Sample:
+        """Copy a sample of another dataset (folder ``root``) byte for byte, then append its row."""
+        check_id(sample.id)
+        unknown = set(sample.extra) - set(self.extra_columns)
+        if unknown:
+            raise InputError(f"sample {sample.id}: unknown extra columns {sorted(unknown)}")
+        copied = replace(sample, image=f"images/{sample.id}.png", label=f"labels/{sample.id}.png")
+        for src, dst in ((sample.image, copied.image), (sample.label, copied.label)):
+            with open(root / src, "rb") as fin, atomic_write(self.root / dst) as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+        self._append_row(copied)
+        return copied
+
+    def _append_row(self, sample: Sample) -> None:
+        """One manifest row as one write, after the sample's files are in place."""
         with open(self.root / MANIFEST_FILE, "a", encoding="utf-8") as fh:
             fh.write(_csv_line(_row(sample, self.extra_columns)))
             fh.flush()
             os.fsync(fh.fileno())
         self.samples.append(sample)
-        return sample

@@ -159,7 +159,7 @@ def tensor_to_photo(x: torch.Tensor) -> np.ndarray:
 
 def one_hot_tensor(index_maps: np.ndarray) -> torch.Tensor:
     """``(H, W)`` or ``(B, H, W)`` uint8 indices → ``(B, C, H, W)`` float32 one-hot."""
-    maps = torch.from_numpy(np.ascontiguousarray(index_maps if index_maps.ndim == 3 else index_maps[None]))
+    maps = torch.from_numpy(np.array(index_maps if index_maps.ndim == 3 else index_maps[None]))  # a writable copy
     return F.one_hot(maps.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
 
 
