@@ -72,11 +72,47 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_UNET = Path("checkpoints/unet.safetensors")
+
+
+def _label_map_with_lesions(photo_path: Path, out: Path, *, size: int, checkpoint: Path) -> Path:
+    """Photo → label map: lesions from the U-Net at ``checkpoint`` (pipeline.Segmenter) painted over the
+    classical field of view, optic disc and vessels; written as a palette PNG."""
+    from fundus_studio.errors import InputError
+    from fundus_studio.extract import extract_label_map
+    from fundus_studio.imageio import read_image, save_label_png
+    from fundus_studio.pipeline import Segmenter
+
+    segmenter = Segmenter.from_checkpoint(checkpoint)
+    stride = segmenter.unet.config.stride
+    if size % stride:
+        raise InputError(f"--size {size}: the U-Net in {checkpoint} needs a multiple of {stride}")
+    photo = read_image(photo_path)
+    try:
+        label_map = extract_label_map(photo, size=size, lesions=segmenter.segment(photo, size=size))
+    except InputError as err:
+        raise InputError(f"{photo_path}: {err}") from None
+    return save_label_png(out, label_map)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    out = _label_map_with_lesions(args.photo, args.out, size=args.size, checkpoint=args.checkpoint)
+    print(f"wrote label map {out}")
+    return 0
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from fundus_studio.checkpoint import paths_for
     from fundus_studio.extract import extract_file
 
+    checkpoint = args.checkpoints / DEFAULT_UNET.name
+    if not args.no_lesions and any(p.exists() for p in paths_for(checkpoint)):
+        out = _label_map_with_lesions(args.photo, args.out, size=args.size, checkpoint=checkpoint)
+        print(f"wrote label map {out} (lesions from {checkpoint})")
+        return 0
     out = extract_file(args.photo, args.out, size=args.size)
-    print(f"wrote label map {out}")
+    note = "" if args.no_lesions else f" (no lesions: no U-Net checkpoint at {checkpoint})"
+    print(f"wrote label map {out}{note}")
     return 0
 
 
@@ -103,11 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "test", "all"], default="all", help="which split (default all)")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("extract", help="photo → label map (field of view, optic disc, vessels)")
+    p = sub.add_parser("extract", help="photo → label map (field of view, optic disc, vessels; lesions with a U-Net)")
     p.add_argument("photo", type=Path, help="fundus photograph")
     p.add_argument("--out", type=Path, required=True, help="label map to write (palette PNG)")
     p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
+    p.add_argument("--checkpoints", type=Path, default=DEFAULT_UNET.parent,
+                   help=f"folder whose {DEFAULT_UNET.name}, when present, adds lesions (default {DEFAULT_UNET.parent})")
+    p.add_argument("--no-lesions", action="store_true", help="classical classes only, even with a U-Net checkpoint")
     p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("segment", help="photo → label map with lesions from the U-Net (plus FOV, disc, vessels)")
+    p.add_argument("photo", type=Path, help="fundus photograph")
+    p.add_argument("--out", type=Path, required=True, help="label map to write (palette PNG)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_UNET, help=f"U-Net checkpoint (default {DEFAULT_UNET})")
+    p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
+    p.set_defaults(func=_cmd_segment)
     return parser
 
 

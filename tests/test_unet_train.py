@@ -1,0 +1,194 @@
+"""The U-Net trainer: run folder and resume, the synthetic share, losses and batch augmentation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fundus_studio import labels
+from fundus_studio.errors import DatasetError
+from fundus_studio.phantom import write_phantoms
+from training import unet
+
+SIZE = 64  # phantom side
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("phantoms")
+    return {"real": write_phantoms(root / "real", count=6, grade=None, size=SIZE, seed=1, progress=False),
+            "synthetic": write_phantoms(root / "syn", count=4, grade=None, size=SIZE, seed=2, progress=False)}
+
+
+def smoke(out: Path, data: Path, *extra: str) -> Path:
+    return unet.train(unet.parse_args(["--data", str(data), "--out", str(out), "--preset", "smoke", "--threads", "1",
+                                       *extra]))
+
+
+def metric_steps(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as fh:
+        return [int(r["step"]) for r in csv.DictReader(fh)]
+
+
+# --- the run folder -------------------------------------------------------------------------------
+
+
+def test_smoke_run_writes_the_run_folder_and_resume_continues(tmp_path: Path, phantoms: dict[str, Path]) -> None:
+    run = tmp_path / "run"
+    path = smoke(run, phantoms["real"], "--classes", "EX", "microaneurysm")
+    assert path == run / "unet.safetensors"
+    for name in ("config.json", "log.txt", "metrics.csv", "unet.json", "state", "samples/step-000004.png"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "unet.json").read_text())
+    assert info["step"] == 4 and info["config"]["classes"] == [labels.HARD_EXUDATE, labels.MICROANEURYSM]
+    assert info["data"]["n_real"] == 6 and info["data"]["n_synthetic"] == 0
+    assert metric_steps(run) == [1, 2, 3, 4]
+
+    smoke(run, phantoms["real"], "--classes", "EX", "microaneurysm", "--steps", "6")
+    assert metric_steps(run) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "unet.json").read_text())["step"] == 6
+    assert "resumed unet" in (run / "log.txt").read_text()
+
+
+def test_validation_logs_f1_per_class(tmp_path: Path, phantoms: dict[str, Path]) -> None:
+    run = tmp_path / "run"
+    smoke(run, phantoms["real"], "--classes", "EX", "--val-fraction", "0.5")
+    with (run / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert "val_f1_hard_exudate" in rows[0] and "val_f1_pooled_hard_exudate" in rows[0]
+    assert rows[0]["val_f1_hard_exudate"] == "nan"  # step 1: not validated (smoke validates every 2 steps)
+    data = json.loads((run / "unet.json").read_text())["data"]
+    assert data["n_val"] > 0 and data["n_real"] + data["n_val"] == 6
+
+
+def test_parse_args_classes_and_several_datasets(phantoms: dict[str, Path]) -> None:
+    cfg = unet.parse_args(["--data", str(phantoms["real"]), "--data", str(phantoms["synthetic"]), "--out", "x",
+                           "--preset", "smoke", "--classes", "hard_exudate", "HE"])
+    assert cfg.data == (phantoms["real"], phantoms["synthetic"])
+    assert cfg.model.classes == (labels.HARD_EXUDATE, labels.HAEMORRHAGE)
+    assert unet.parse_args(["--data", "d", "--out", "x"]).model.classes == labels.LESIONS
+
+
+@pytest.mark.parametrize("extra", [["--classes", "nonsense"], ["--synthetic-fraction", "0.5"],
+                                   ["--synthetic", "s", "--synthetic-fraction", "1"]])
+def test_parse_args_refuses_bad_values(extra: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        unet.parse_args(["--data", "d", "--out", "x", *extra])
+
+
+# --- the synthetic share --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n_real", "fraction", "expected"),
+                         [(60, 0.0, 0), (60, 0.25, 20), (60, 0.5, 60), (60, 0.75, 180), (7, 0.25, 2)])
+def test_synthetic_count_makes_the_share_of_the_training_set(n_real: int, fraction: float, expected: int) -> None:
+    n = unet.synthetic_count(n_real, fraction)
+    assert n == expected
+    assert abs(n / (n + n_real) - fraction) <= 0.5 / (n + n_real)  # the share, up to rounding
+
+
+def test_choose_synthetic_is_seeded_nested_and_refuses_a_small_pool() -> None:
+    a = unet.choose_synthetic(100, n_real=30, fraction=0.25, seed=3)
+    assert len(a) == 10 and np.array_equal(a, unet.choose_synthetic(100, n_real=30, fraction=0.25, seed=3))
+    assert not np.array_equal(a, unet.choose_synthetic(100, n_real=30, fraction=0.25, seed=4))
+    assert set(a) <= set(unet.choose_synthetic(100, n_real=30, fraction=0.5, seed=3))  # same seed: nested
+    assert len(unet.choose_synthetic(100, n_real=30, fraction=0.0, seed=3)) == 0
+    with pytest.raises(DatasetError, match="needs 90 synthetic samples, but the pool holds 50"):
+        unet.choose_synthetic(50, n_real=30, fraction=0.75, seed=0)
+
+
+def test_training_mixes_the_synthetic_share(tmp_path: Path, phantoms: dict[str, Path]) -> None:
+    # 6 real at 25 %: 2 synthetic; at 50 %: 6 > the pool of 4 → a clear error naming the pool.
+    smoke(tmp_path / "mix", phantoms["real"], "--synthetic", str(phantoms["synthetic"]), "--synthetic-fraction", "0.25",
+          "--steps", "1")
+    data = json.loads((tmp_path / "mix" / "unet.json").read_text())["data"]
+    assert (data["n_real"], data["n_synthetic"]) == (6, 2)
+    with pytest.raises(DatasetError, match="pool holds 4"):
+        smoke(tmp_path / "too-many", phantoms["real"], "--synthetic", str(phantoms["synthetic"]),
+              "--synthetic-fraction", "0.5", "--steps", "1")
+
+
+# --- loss -----------------------------------------------------------------------------------------
+
+
+def test_loss_prefers_the_truth_and_pos_weights_follow_frequency() -> None:
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, 2:4, 2:4] = 1
+    w = torch.ones(1)
+    good, _ = unet.segmentation_loss((masks * 2 - 1) * 10, masks, pos_weight=w, dice_weight=1, bce_weight=1)
+    bad, _ = unet.segmentation_loss(-(masks * 2 - 1) * 10, masks, pos_weight=w, dice_weight=1, bce_weight=1)
+    assert good < 0.01 < 1.5 < bad
+    maps = torch.full((1, 10, 10), labels.RETINA, dtype=torch.uint8)
+    maps[0, 0, :2] = labels.HARD_EXUDATE  # 2 of 100 pixels: 98 : 2 = 49, clipped
+    assert unet.pos_weights(maps, (labels.HARD_EXUDATE, labels.MICROANEURYSM), cap=10.0).tolist() == [10.0, 10.0]
+    assert unet.pos_weights(maps, (labels.HARD_EXUDATE,), cap=100.0).tolist() == [49.0]
+
+
+# --- augmentation ---------------------------------------------------------------------------------
+
+
+def _label_and_photo(seed: int = 0, size: int = 32, block: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random index maps of block × block squares and the photo that is their colour image, in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    maps = rng.integers(0, labels.NUM_CLASSES, (4, size // block, size // block)).repeat(block, 1).repeat(block, 2)
+    onehot = torch.from_numpy(np.stack([labels.to_one_hot(m.astype(np.uint8)) for m in maps]))
+    photo = torch.from_numpy(labels.COLORS[maps]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return photo, onehot
+
+
+def _colour_of(masks: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(labels.COLORS[masks.argmax(1).numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, gamma=0.0)
+
+
+def test_symmetries_keep_photo_and_label_aligned() -> None:
+    photo, masks = _label_and_photo()
+    cfg = unet.AugmentConfig(flip=True, rotate_prob=0.0, **NO_COLOUR)
+    gen = torch.Generator().manual_seed(0)
+    changed = 0
+    for _ in range(4):
+        p, m = unet.augment(photo, masks, cfg=cfg, generator=gen)
+        assert torch.allclose(p, _colour_of(m), atol=1e-6)
+        assert torch.equal(m.sum(1), torch.ones_like(m[:, 0]))  # still one-hot
+        changed += int(not torch.equal(m, masks))
+    assert changed > 0
+
+
+def test_small_rotations_keep_photo_and_label_aligned() -> None:
+    photo, masks = _label_and_photo(size=64, block=8)
+    cfg = unet.AugmentConfig(flip=False, rotate_prob=1.0, rotate_degrees=10.0, **NO_COLOUR)
+    p, m = unet.augment(photo, masks, cfg=cfg, generator=torch.Generator().manual_seed(1))
+    other, _ = unet.augment(photo, masks, cfg=cfg, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(m, masks)
+    inside = m.sum(1) > 0  # the rotated-in corners hold no class
+
+    def agreement(x: torch.Tensor) -> float:  # block interiors agree exactly; bilinear photo edges blend
+        return float(((x - _colour_of(m)).abs().amax(1) < 1e-3)[inside].float().mean())
+
+    assert agreement(p) > 0.75 and agreement(p) > agreement(other) + 0.2  # other angles do not match
+    assert torch.equal(m.unique(), torch.tensor([0.0, 1.0]))  # nearest: masks stay binary
+
+
+def test_colour_jitter_touches_photos_only() -> None:
+    photo, masks = _label_and_photo()
+    cfg = unet.AugmentConfig(flip=False, rotate_prob=0.0)
+    p, m = unet.augment(photo, masks, cfg=cfg, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(m, masks) and not torch.allclose(p, photo)
+    assert p.min() >= -1 and p.max() <= 1
+    p0, _ = unet.augment(photo, masks, cfg=unet.AugmentConfig(flip=False, rotate_prob=0.0, **NO_COLOUR),
+                         generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(p0, photo, atol=1e-5)
+
+
+def test_random_crop_cuts_the_same_window() -> None:
+    photo, masks = _label_and_photo(size=32)
+    p, m = unet.random_crop(photo, masks, size=16, generator=torch.Generator().manual_seed(0))
+    assert p.shape == (4, 3, 16, 16) and m.shape == (4, labels.NUM_CLASSES, 16, 16)
+    assert torch.allclose(p, _colour_of(m), atol=1e-6)

@@ -1,0 +1,438 @@
+"""Train the U-Net lesion segmenter (Son et al. §2.3) on real photo + label pairs, optionally plus synthetic ones.
+
+    python -m training.unet --data data/idrid --out runs/unet --classes hard_exudate --preset demo-cpu
+    python -m training.unet --data DIR --synthetic SYN --synthetic-fraction 0.25 --out RUN   # the paper's mix
+
+One sigmoid per predicted class (multi-label, as ``pipeline.Segmenter`` reads the output). Loss per
+class: soft Dice over the batch + binary cross-entropy whose positive weight is the class's
+negative : positive pixel ratio in the training set, clipped to ``pos_weight_max``; AdamW.
+Augmentation acts on whole batches: the square's 8 symmetries (flips and 90° rotations), small
+rotations (photo bilinear, masks nearest) and colour jitter on photos only. ``--synthetic-fraction``
+is the synthetic share of the training set, as in the paper: 25 % → n_synthetic = n_real / 3, drawn
+from the pool by the run seed. Re-running resumes; ``--steps`` is the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fundus_studio import labels
+from fundus_studio.checkpoint import config_to_dict
+from fundus_studio.errors import DatasetError
+from fundus_studio.metrics import SegmentationMetrics
+from fundus_studio.models.unet import UNET_PRESETS, UNet, UNetConfig
+from training import harness
+from training.evaluate_segmentation import score_batch
+from training.harness.data import DOWNSAMPLE_MODES
+
+DICE_SMOOTH: float = 1.0  # pixels added to the soft Dice's numerator and denominator (an absent class scores 1)
+LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)  # RGB → grey (ITU-R BT.601), for saturation/contrast
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = True  # random transpose + h-flip + v-flip: all 8 symmetries of the square (90° rotations included)
+    rotate_prob: float = 0.5  # share of images also rotated by a small angle
+    rotate_degrees: float = 15.0  # that angle ~ U(±rotate_degrees); photo bilinear, masks nearest
+    brightness: float = 0.2  # photo ×= U(1 ± brightness)
+    contrast: float = 0.2  # (photo − mean grey) ×= U(1 ± contrast)
+    saturation: float = 0.2  # (photo − its grey) ×= U(1 ± saturation)
+    gamma: float = 0.2  # photo (in [0, 1]) ** exp(U(± gamma))
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rotate_prob <= 1.0 or self.rotate_degrees < 0:
+            raise ValueError("rotate_prob must lie in [0, 1] and rotate_degrees be ≥ 0")
+        if not all(0.0 <= v < 1.0 for v in (self.brightness, self.contrast, self.saturation)) or self.gamma < 0:
+            raise ValueError("brightness/contrast/saturation must lie in [0, 1) and gamma be ≥ 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[Path, ...] = (Path("data/phantoms"),)  # real studio datasets (photos + label maps), concatenated
+    out: Path = Path("runs/unet")  # run folder; re-running resumes it
+    preset: str = "demo-cpu"  # the preset these values came from (recorded)
+    seed: int = 0  # seeds the model, batches, augmentation, the synthetic subset and the held-out split
+    steps: int = 2000  # TOTAL optimisation steps
+    resume: bool = False  # fail unless RUN/state exists (resuming is automatic anyway)
+    device: str = "auto"  # auto | cpu | cuda
+    export_to: Path | None = None  # also copy unet.safetensors/.json here
+    model: UNetConfig = field(default_factory=lambda: UNetConfig(classes=labels.LESIONS))  # the architecture
+    resolution: int = 256  # side the data is loaded at: photos area-resized, maps by `downsample`
+    crop: int = 0  # train on random crop × crop windows of it (0 = whole images); validation uses whole images
+    downsample: str = "area"  # how maps reach `resolution` (harness.resize_index_map)
+    synthetic: Path | None = None  # pool of synthetic pairs (a studio dataset)
+    synthetic_fraction: float = 0.0  # synthetic share of the training set (Son et al.: 0, .25, .5, .75)
+    val_fraction: float = 0.0  # share of the real samples held out and scored every val_every steps
+    val_every: int = 250  # steps between validations (and at the end)
+    batch: int = 8  # images per rank per step
+    lr: float = 1e-3  # AdamW learning rate (constant)
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    dice_weight: float = 1.0  # weight of the soft Dice term
+    bce_weight: float = 1.0  # weight of the class-weighted BCE term
+    pos_weight_max: float = 10.0  # cap on BCE's positive weight (negative : positive pixels per class)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # batch augmentation
+    log_every: int = 10  # steps between metrics rows
+    sample_every: int = 250  # steps between sample grids (photo | truth | prediction)
+    sample_rows: int = 4  # images in a grid
+    snapshot_every: int = 250  # steps between saved states
+    amp: bool = False  # bf16 autocast (CUDA only)
+    compile: bool = False  # torch.compile the U-Net
+    channels_last: bool = True  # NHWC: about 2× faster convolutions on CPU (PERF.md)
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default (1 on a busy shared machine)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "log_every", "val_every", "sample_every", "sample_rows", "snapshot_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.data:
+            raise ValueError("data: give at least one real dataset")
+        if self.resolution % self.model.stride:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of 2**model.depth = {self.model.stride}")
+        if self.crop and (self.crop % self.model.stride or not 0 < self.crop <= self.resolution):
+            raise ValueError(f"crop {self.crop} must be 0 or a multiple of {self.model.stride} "
+                             "no larger than resolution")
+        if self.downsample not in DOWNSAMPLE_MODES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {self.downsample!r}")
+        if not 0.0 <= self.synthetic_fraction < 1.0:
+            raise ValueError(f"synthetic_fraction must lie in [0, 1), got {self.synthetic_fraction}")
+        if self.synthetic_fraction > 0 and self.synthetic is None:
+            raise ValueError("synthetic_fraction > 0 needs a synthetic dataset (--synthetic DIR)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if (self.lr <= 0 or self.weight_decay < 0 or min(self.dice_weight, self.bce_weight) < 0
+                or self.pos_weight_max < 1):
+            raise ValueError("lr must be positive, weight_decay and loss weights ≥ 0, pos_weight_max ≥ 1")
+
+
+def _arch(name: str) -> dict[str, Any]:
+    """A models.unet preset's architecture without its classes (those come from --classes)."""
+    return {k: v for k, v in config_to_dict(UNET_PRESETS[name]).items() if k != "classes"}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop CPU: the tests' recipe.
+    "smoke": {"model": _arch("smoke"), "resolution": 32, "batch": 2, "steps": 4, "log_every": 1, "val_every": 2,
+              "sample_every": 2, "sample_rows": 2, "snapshot_every": 2},
+    # The experiment's CPU recipe: a narrow depth-4 U-Net on 128² crops of 256² images (docs/segmentation.md).
+    "small-cpu": {"model": {"base_channels": 8, "depth": 4, "max_channels": 64, "upsample": "bilinear",
+                            "norm": "batch"},
+                  "resolution": 256, "crop": 128, "batch": 8, "steps": 400, "lr": 2e-3, "log_every": 10,
+                  "val_every": 100,
+                  "sample_every": 100, "snapshot_every": 100},
+    # The app's U-Net (models.unet demo-cpu, 6.75 M parameters) at 256².
+    "demo-cpu": {"model": _arch("demo-cpu"), "resolution": 256, "batch": 4, "steps": 2000},
+    # Son et al.'s U-Net at 512², for GPUs.
+    "paper-512": {"model": _arch("paper-512"), "resolution": 512, "batch": 8, "steps": 20_000, "amp": True,
+                  "lr": 3e-4, "log_every": 50, "val_every": 1000, "sample_every": 1000, "snapshot_every": 1000},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m training.unet", description=__doc__.split("\n\n")[0],
+                                     conflict_handler="resolve")  # --data below replaces the harness's single one
+    harness.add_common_arguments(parser, presets=PRESETS, default_preset="demo-cpu")
+    parser.add_argument("--data", type=Path, action="append", required=True, help="real studio dataset (repeatable)")
+    parser.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                        help="taxonomy classes to segment, names or short names (default: every lesion class)")
+    parser.add_argument("--synthetic", type=Path, default=None, help="studio dataset of synthetic pairs (the pool)")
+    parser.add_argument("--synthetic-fraction", type=float, default=None, help="synthetic share of the training set")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="share of real samples held out for validation")
+    parser.add_argument("--batch", type=int, default=None, help="images per rank per step")
+    args = parser.parse_args(argv)
+    given = {k: getattr(args, k) for k in ("out", "steps", "seed", "device", "export_to", "threads", "synthetic",
+                                           "synthetic_fraction", "val_fraction", "batch")}
+    given["data"] = args.data
+    given["resume"] = args.resume or None
+    try:
+        if args.classes:
+            given["model"] = {"classes": [labels.class_index(c) for c in args.classes]}
+        return harness.resolve(TrainConfig, presets=PRESETS, preset=args.preset, given=given, overrides=args.overrides)
+    except ValueError as err:  # InputError is a ValueError too
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def synthetic_count(n_real: int, fraction: float) -> int:
+    """Synthetic samples that make ``fraction`` of a training set holding ``n_real`` real ones:
+    f = s / (r + s), so s = r·f / (1 − f) (25 % → r / 3, 50 % → r, 75 % → 3 r), rounded."""
+    return round(n_real * fraction / (1.0 - fraction))
+
+
+def choose_synthetic(pool: int, *, n_real: int, fraction: float, seed: int,
+                     where: str = "synthetic pool") -> np.ndarray:
+    """Sorted indices of the synthetic samples a run uses: the first ``synthetic_count`` of a seeded
+    permutation of the pool (so for one seed a smaller share is a subset of a larger one)."""
+    n = synthetic_count(n_real, fraction)
+    if n > pool:
+        raise DatasetError(f"{where}: a synthetic share of {fraction:g} with {n_real} real samples needs {n} "
+                           f"synthetic samples, but the pool holds {pool}")
+    perm = torch.randperm(pool, generator=torch.Generator().manual_seed(seed)).numpy()
+    return np.sort(perm[:n])
+
+
+def take(pairs: harness.Pairs, index: np.ndarray) -> harness.Pairs:
+    idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+    return harness.Pairs(pairs.images[idx], pairs.maps[idx], pairs.grades[idx],
+                         tuple(pairs.ids[i] for i in idx.tolist()), dict(pairs.description, count=len(idx)))
+
+
+def concat(parts: list[harness.Pairs]) -> harness.Pairs:
+    return harness.Pairs(torch.cat([p.images for p in parts]), torch.cat([p.maps for p in parts]),
+                         torch.cat([p.grades for p in parts]), tuple(i for p in parts for i in p.ids),
+                         {"parts": [p.description for p in parts], "count": sum(len(p) for p in parts)})
+
+
+def batch_tensors(pairs: harness.Pairs, index: torch.Tensor, *, classes: torch.Tensor, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(photos (B, 3, R, R) in [-1, 1], masks (B, K, R, R) float 0/1 for ``classes``, maps (B, R, R) uint8)."""
+    maps = pairs.maps[index].to(device)
+    photo = pairs.images[index].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return photo, (maps[:, None].long() == classes.view(1, -1, 1, 1)).float(), maps
+
+
+def pos_weights(maps: torch.Tensor, classes: tuple[int, ...], *, cap: float) -> torch.Tensor:
+    """(K,) BCE positive weights: negative : positive pixels per class over ``maps``, clipped to [1, cap]."""
+    counts = torch.bincount(maps.flatten().long(), minlength=labels.NUM_CLASSES).double()[list(classes)]
+    return ((maps.numel() - counts) / counts.clamp(min=1)).clamp(1.0, cap).float()
+
+
+# --- loss and augmentation ------------------------------------------------------------------------
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, pos_weight: torch.Tensor, dice_weight: float,
+                      bce_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Soft Dice (per class over the batch, then the class mean) + class-weighted BCE on (B, K, H, W) logits."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, masks, pos_weight=pos_weight.view(1, -1, 1, 1))
+    prob = logits.sigmoid()
+    inter, total = (prob * masks).sum((0, 2, 3)), (prob + masks).sum((0, 2, 3))
+    dice = 1.0 - ((2 * inter + DICE_SMOOTH) / (total + DICE_SMOOTH)).mean()
+    return dice_weight * dice + bce_weight * bce, {"dice": dice.detach(), "bce": bce.detach()}
+
+
+def _per_image(mask: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, 1, 1, 1)
+
+
+def random_crop(photo: torch.Tensor, masks: torch.Tensor, *, size: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``size``² window per image of (B, C, R, R) photos and masks (one gather each)."""
+    b, r, dev = photo.shape[0], photo.shape[-1], photo.device
+    top, left = (torch.randint(0, r - size + 1, (2, b), device=dev, generator=generator))
+    rows = (top[:, None] + torch.arange(size, device=dev))[:, None, :, None]  # (B, 1, size, 1)
+    cols = (left[:, None] + torch.arange(size, device=dev))[:, None, None, :]  # (B, 1, 1, size)
+
+    def window(x: torch.Tensor) -> torch.Tensor:
+        return x[torch.arange(b, device=dev).view(-1, 1, 1, 1), torch.arange(x.shape[1], device=dev).view(1, -1, 1, 1),
+                 rows, cols]
+    return window(photo), window(masks)
+
+
+def augment_geometry(photo: torch.Tensor, masks: torch.Tensor, *, cfg: AugmentConfig, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random symmetry and small rotation per image for (B, 3, R, R) photos and (B, K, R, R) masks."""
+    b, dev = photo.shape[0], photo.device
+    if cfg.flip:
+        for dims in ("t", (-1,), (-2,)):  # transpose, h-flip, v-flip: together the square's 8 symmetries
+            pick = _per_image(torch.rand(b, device=dev, generator=generator) < 0.5)
+            move = (lambda x: x.transpose(-1, -2)) if dims == "t" else (lambda x, d=dims: x.flip(d))
+            photo, masks = torch.where(pick, move(photo), photo), torch.where(pick, move(masks), masks)
+    if cfg.rotate_prob > 0 and cfg.rotate_degrees > 0:
+        pick = torch.rand(b, device=dev, generator=generator) < cfg.rotate_prob
+        angle = (torch.rand(b, device=dev, generator=generator) * 2 - 1) * math.radians(cfg.rotate_degrees)
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, list(photo.shape), align_corners=False)
+        # +1 / −1: the uncovered corners become black (−1) photo and empty masks.
+        turned = F.grid_sample(photo + 1, grid, mode="bilinear", align_corners=False) - 1
+        turned_masks = F.grid_sample(masks, grid, mode="nearest", align_corners=False)
+        photo, masks = torch.where(_per_image(pick), turned, photo), torch.where(_per_image(pick), turned_masks, masks)
+    return photo, masks
+
+
+def jitter_colour(photo: torch.Tensor, *, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, saturation, contrast and gamma per image on (B, 3, H, W) photos in [-1, 1]."""
+    b, dev = photo.shape[0], photo.device
+
+    def factor(spread: float) -> torch.Tensor:
+        return 1.0 + (torch.rand(b, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * spread
+
+    x = (photo + 1) / 2 * factor(cfg.brightness)
+    grey = (x * torch.tensor(LUMA, device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = grey + (x - grey) * factor(cfg.saturation)
+    mean = grey.mean((2, 3), keepdim=True)
+    x = mean + (x - mean) * factor(cfg.contrast)
+    gamma = torch.exp((torch.rand(b, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * cfg.gamma)
+    return x.clamp(0, 1).pow(gamma) * 2 - 1
+
+
+def augment(photo: torch.Tensor, masks: torch.Tensor, *, cfg: AugmentConfig, generator: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    photo, masks = augment_geometry(photo, masks, cfg=cfg, generator=generator)
+    return jitter_colour(photo, cfg=cfg, generator=generator), masks
+
+
+# --- validation and samples -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model: UNet, pairs: harness.Pairs, *, batch: int, device: torch.device) -> dict[str, Any]:
+    """metrics.SegmentationMetrics on ``pairs`` (threshold 0.5, predictions inside the FOV), eval mode."""
+    model.eval()
+    metrics = SegmentationMetrics(classes=model.config.classes)
+    classes = torch.tensor(model.config.classes, device=device)
+    for start in range(0, len(pairs), batch):
+        photo, _, maps = batch_tensors(pairs, torch.arange(start, min(start + batch, len(pairs))), classes=classes,
+                                       device=device)
+        score_batch(metrics, torch.sigmoid(model(photo).float()), maps)
+    model.train()
+    return metrics.compute()
+
+
+def _lesion_map(maps: np.ndarray, masks: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """(B, H, W) maps' FOV + (B, K, H, W) bool masks → (B, H, W) index maps of retina and the masks' classes."""
+    fov = maps != labels.OUTSIDE
+    return np.stack([labels.compose({labels.RETINA: f, **dict(zip(classes, k & f))}, shape=f.shape)
+                     for f, k in zip(fov, masks)])
+
+
+@torch.no_grad()
+def sample_grid(model: UNet, pairs: harness.Pairs, *, rows: int, device: torch.device) -> np.ndarray:
+    """One row per image: photo | truth | prediction (taxonomy colours; prediction at threshold 0.5)."""
+    model.eval()
+    classes = torch.tensor(model.config.classes, device=device)
+    photo, masks, maps = batch_tensors(pairs, torch.arange(min(rows, len(pairs))), classes=classes, device=device)
+    pred = (torch.sigmoid(model(photo).float()) >= 0.5).cpu().numpy()
+    model.train()
+    m = maps.cpu().numpy()
+    truth, guess = (labels.COLORS[_lesion_map(m, k, model.config.classes)] for k in (masks.cpu().numpy() > 0.5, pred))
+    shown = ((photo.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return harness.image_grid(np.stack([shown, truth, guess], axis=1))
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) the U-Net in ``cfg.out``; return the inference checkpoint's path."""
+    # Build.
+    harness.set_threads(cfg.threads)
+    dist = harness.init_distributed(device=cfg.device)
+    run = harness.Run(cfg.out, kind="unet", config=cfg, architecture={"model": cfg.model}, dist=dist, preset=cfg.preset)
+    dev = dist.device
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    real = concat([harness.load_pairs(d, resolution=cfg.resolution, downsample=cfg.downsample) for d in cfg.data])
+    train_idx, val_idx = harness.holdout_split(real.ids, fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(train_idx) == 0:
+        raise DatasetError(f"{', '.join(map(str, cfg.data))}: no real samples left for training after holding out "
+                           f"{cfg.val_fraction:g}")
+    val = take(real, val_idx) if len(val_idx) else None
+    parts, n_syn = [take(real, train_idx)], 0
+    if cfg.synthetic is not None and cfg.synthetic_fraction > 0:
+        pool = harness.load_pairs(cfg.synthetic, resolution=cfg.resolution, downsample=cfg.downsample)
+        chosen = choose_synthetic(len(pool), n_real=len(train_idx), fraction=cfg.synthetic_fraction, seed=cfg.seed,
+                                  where=str(cfg.synthetic))
+        parts.append(take(pool, chosen))
+        n_syn = len(chosen)
+    data = concat(parts)
+    weight = pos_weights(data.maps, cfg.model.classes, cap=cfg.pos_weight_max).to(dev)
+    description = {"real": real.description["parts"],
+                   "synthetic": None if cfg.synthetic is None else str(cfg.synthetic),
+                   "synthetic_fraction": cfg.synthetic_fraction, "n_real": len(train_idx), "n_synthetic": n_syn,
+                   "n_val": len(val_idx), "resolution": cfg.resolution, "downsample": cfg.downsample,
+                   "pos_weight": [round(float(w), 3) for w in weight], "training": "unet", "preset": cfg.preset}
+    run.log.info("data: %d real + %d synthetic training pairs (%.0f %% synthetic), %d held out, at %d²; "
+                 "BCE pos_weight %s", len(train_idx), n_syn, 100 * n_syn / len(data), len(val_idx), cfg.resolution,
+                 description["pos_weight"])
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = UNet(cfg.model).to(dev, memory_format=fmt)
+    run.log.info("U-Net %.3f M parameters, classes %s", sum(p.numel() for p in model.parameters()) / 1e6,
+                 [labels.NAMES[c] for c in cfg.model.classes])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + dist.rank)  # augmentation
+    state = harness.TrainState(modules={"unet": model}, optimizers={"unet": opt}, generators={"train": gen})
+
+    # Resume.
+    start = run.resume(state, require=cfg.resume)
+    net = dist.wrap(model)
+    if cfg.compile:
+        net = torch.compile(net)
+    sampler = harness.BatchSampler(len(data), batch=cfg.batch, seed=cfg.seed, rank=dist.rank,
+                                   world_size=dist.world_size)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and dev.type == "cuda"
+                else contextlib.nullcontext())
+    classes = torch.tensor(cfg.model.classes, device=dev)
+    names = [labels.NAMES[c] for c in cfg.model.classes]
+    shown = val if val is not None else data
+    val_keys = [f"val_f1{p}_{n}" for p in ("", "_pooled") for n in names] if val is not None else []
+    if start >= cfg.steps:
+        run.log.info("already at step %d ≥ --steps %d: nothing to train", start, cfg.steps)
+
+    # Loop.
+    val_metrics: dict[str, float] = {}
+    t0, t0_step = time.perf_counter(), start
+    stopped = False
+    try:
+        for step in run.steps(state, total=cfg.steps, snapshot_every=cfg.snapshot_every, postfix_keys=("loss", "dice")):
+            photo, masks, _ = batch_tensors(data, sampler.indices(step), classes=classes, device=dev)
+            if cfg.crop and cfg.crop < cfg.resolution:
+                photo, masks = random_crop(photo, masks, size=cfg.crop, generator=gen)
+            photo, masks = augment(photo, masks, cfg=cfg.augment, generator=gen)
+            with autocast:
+                logits = net(photo.contiguous(memory_format=fmt))
+            loss, terms = segmentation_loss(logits, masks, pos_weight=weight, dice_weight=cfg.dice_weight,
+                                             bce_weight=cfg.bce_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+            # Validate, log and sample (validation and samples on rank 0: the others wait at the next all-reduce).
+            val_step = val is not None and (step % cfg.val_every == 0 or step == cfg.steps)  # the same on every rank
+            if val_step and dist.is_main:
+                res = validate(model, val, batch=cfg.batch, device=dev)  # type: ignore[arg-type]
+                val_metrics = {f"val_f1_{n}": res["per_image"]["f1"][n] for n in names}
+                val_metrics.update({f"val_f1_pooled_{n}": res["pooled"]["f1"][n] for n in names})
+            if step % cfg.log_every == 0 or step == cfg.steps or val_step:
+                stats = dist.all_reduce_mean(torch.stack([loss.detach(), terms["dice"], terms["bce"]]).cpu())
+                elapsed, n_steps = time.perf_counter() - t0, step - t0_step
+                t0, t0_step = time.perf_counter(), step
+                scalars = dict(zip(("loss", "dice", "bce"), stats.tolist()), sec_per_step=elapsed / max(1, n_steps))
+                # NaN = not validated at this step (every row has every column: metrics.csv's header is fixed).
+                scalars.update({k: val_metrics.get(k, float("nan")) if val_step else float("nan") for k in val_keys})
+                run.log_scalars(step, scalars)
+            if dist.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+                run.save_grid(step, sample_grid(model, shown, rows=cfg.sample_rows, device=dev))
+    except harness.StopRequested:
+        stopped = True  # state saved by run.steps; still write the inference checkpoint below
+
+    # Snapshot.
+    finite = {k: v for k, v in val_metrics.items() if math.isfinite(v)}
+    path = run.export(model, name="unet", data=description, step=state.step, metrics=finite, export_to=cfg.export_to)
+    run.close()
+    harness.shutdown(dist)
+    if stopped:
+        raise harness.StopRequested
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness.run_main(train, parse_args(argv), prog="training.unet")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
