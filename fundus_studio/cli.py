@@ -116,6 +116,41 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_arg(value: str) -> tuple[int, int]:
+    from fundus_studio.generate import parse_shard
+
+    try:
+        return parse_shard(value)
+    except StudioError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from fundus_studio.generate import sample_dataset
+
+    out = sample_dataset(args.out, count=args.count, grade=args.grade, seed=args.seed, size=args.size,
+                         shard=args.shard, checkpoints=args.checkpoints)
+    print(f"wrote sampled dataset {out}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from fundus_studio.generate import merge_datasets
+
+    out = merge_datasets(args.sources, out=args.out)
+    print(f"wrote merged dataset {out}")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from fundus_studio.generate import render_file
+
+    out = render_file(args.label, args.out, seed=args.seed, style=args.style, checkpoints=args.checkpoints,
+                      nearest=args.nearest)
+    print(f"wrote render {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fundus-studio",
@@ -154,6 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_UNET, help=f"U-Net checkpoint (default {DEFAULT_UNET})")
     p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
     p.set_defaults(func=_cmd_segment)
+    p = sub.add_parser("sample", help="generate label maps (ACGAN) and their renders (SPADE) as a studio dataset")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
+    p.add_argument("--count", type=_positive, required=True, help="samples in the whole run (all shards)")
+    p.add_argument("--grade", type=_grade_arg, default=None, help="DR grade 0-4, or 'all' (cycled; default)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; sample i's seed derives from (seed, i)")
+    p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
+    p.add_argument("--shard", type=_shard_arg, default=(0, 1), metavar="I/N",
+                   help="make only the samples i ≡ I (mod N) of this run (default 0/1: all)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of model checkpoints")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("merge", help="join studio datasets (e.g. the shards of one sampling run)")
+    p.add_argument("sources", type=Path, nargs="+", help="dataset folders to join")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("render", help="render one label map (palette PNG or taxonomy-colour image) as a photo")
+    p.add_argument("label", type=Path, help="label map file")
+    p.add_argument("--out", type=Path, required=True, help="photo to write (.png, .jpg)")
+    p.add_argument("--seed", type=int, default=0, help="render seed (default 0)")
+    p.add_argument("--style", type=Path, default=None, help="reference photo whose style to render in")
+    p.add_argument("--nearest", action="store_true", help="snap colours outside the palette to the nearest class")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of model checkpoints")
+    p.set_defaults(func=_cmd_render)
     return parser
 
 

@@ -48,3 +48,33 @@ def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing.jpg: no such file" in lines[0]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_sample_shards_merge_and_render_through_the_cli(tmp_path: Path, tiny_checkpoints: Path, capsys) -> None:
+    import numpy as np
+
+    from fundus_studio.dataset import StudioDataset
+    from fundus_studio.imageio import read_image
+
+    common = ["--count", "4", "--seed", "3", "--size", "64", "--checkpoints", str(tiny_checkpoints)]
+    assert cli.main(["sample", "--out", str(tmp_path / "s0"), "--shard", "0/2", *common]) == 0
+    assert cli.main(["sample", "--out", str(tmp_path / "s1"), "--shard", "1/2", *common]) == 0
+    assert cli.main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    merged = StudioDataset.open(tmp_path / "all")
+    assert sorted(s.id for s in merged) == [f"sample-{i:06d}" for i in range(4)]
+    assert [s.grade for s in sorted(merged, key=lambda s: s.id)] == [0, 1, 2, 3]
+    label = tmp_path / "all" / merged.samples[0].label
+    out = tmp_path / "render.png"
+    assert cli.main(["render", str(label), "--out", str(out), "--checkpoints", str(tiny_checkpoints)]) == 0
+    assert read_image(out).shape == (64, 64, 3)
+    assert np.array_equal(read_image(out), read_image(out))
+
+
+def test_sample_with_a_bad_shard_or_missing_checkpoints(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sample", "--out", str(tmp_path / "x"), "--count", "2", "--shard", "3/2"])
+    assert exc.value.code == 2
+    code = cli.main(["sample", "--out", str(tmp_path / "x"), "--count", "2", "--checkpoints", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
