@@ -147,6 +147,15 @@ def _looks_colour(img: Image.Image) -> bool:
 # --- writing --------------------------------------------------------------------------------------
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[io.IOBase]:
     """Write to a temporary file in the same folder, then rename over ``path``.
@@ -161,6 +170,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[io.
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes files private; ours are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
