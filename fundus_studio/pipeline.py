@@ -16,11 +16,12 @@ import math
 import os
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fundus_studio.checkpoint import load_model, paths_for
+from fundus_studio.checkpoint import load_model, paths_for, read_info
 from fundus_studio.errors import InputError
 from fundus_studio.labels import LESIONS, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
 from fundus_studio.models.acgan import Generator
@@ -244,16 +245,22 @@ class Segmenter:
     so masks come out in the geometry of :func:`fundus_studio.extract.extract_label_map`.
     """
 
-    def __init__(self, unet: UNet, *, threshold: float = 0.5, device: torch.device | str = "cpu") -> None:
+    def __init__(self, unet: UNet, *, threshold: float = 0.5, resolution: int | None = None,
+                 device: torch.device | str = "cpu") -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
         self.device = torch.device(device)
         self.unet = unet.to(self.device, memory_format=torch.channels_last).eval()
         self.threshold = threshold
+        # Lesion sizes in pixels are what the network learnt: it sees photos at its training side.
+        self.resolution = resolution
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Segmenter:
-        return cls(load_model(path, expected=UNet), device=device)  # type: ignore[arg-type]
+        """Load ``path``; the side it was trained at (its JSON's ``data.resolution``) is kept."""
+        resolution = (read_info(path).get("data") or {}).get("resolution")
+        return cls(load_model(path, expected=UNet), resolution=resolution if isinstance(resolution, int) else None,
+                   device=device)  # type: ignore[arg-type]
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -271,7 +278,13 @@ class Segmenter:
         from fundus_studio.preprocess import preprocess
 
         pre = preprocess(photo, size=size)
-        probs = self.probabilities(pre.photo)
+        work = pre.photo
+        if self.resolution is not None and self.resolution != size:
+            work = cv2.resize(work, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+        probs = self.probabilities(work)
+        if probs.shape[-1] != size:
+            probs = F.interpolate(torch.from_numpy(probs)[None], size=(size, size), mode="bilinear",
+                                  align_corners=False)[0].numpy()
         return {k: (probs[i] >= self.threshold) & pre.fov for i, k in enumerate(self.classes) if k in LESIONS}
 
 
