@@ -29,6 +29,7 @@ from fundus_studio import editor, labels  # noqa: E402
 from fundus_studio.errors import StudioError  # noqa: E402
 from fundus_studio.export import GalleryItem, export_items, write_download  # noqa: E402
 from fundus_studio.imageio import read_image, read_label_map  # noqa: E402
+from fundus_studio.runtime import tune_malloc  # noqa: E402
 from fundus_studio.studio import Studio  # noqa: E402
 
 CHECKPOINTS = Path(os.environ.get("FUNDUS_STUDIO_CHECKPOINTS", "checkpoints"))
@@ -376,6 +377,7 @@ def build_demo() -> gr.Blocks:
                       api_visibility="private", trigger_mode="always_last")
         demo.load(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
                   api_visibility="private")
+        demo.load(lambda: STUDIO.describe(), None, models_md, api_visibility="private")  # --checkpoints may differ
         for control in (seed, view, opacity):
             control.change(rerender, [current, seed, style, view, opacity], shown, api_visibility="private")
         style.change(rerender, [current, seed, style, view, opacity], shown, api_visibility="private")
@@ -430,6 +432,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     global demo, CANVAS_SIZE
     args = parse_args()
+    tune_malloc()  # renders at 512 spend much of their time faulting in fresh pages otherwise
     if args.checkpoints != CHECKPOINTS:
         STUDIO.reload(args.checkpoints)
     if args.size != CANVAS_SIZE:

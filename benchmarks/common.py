@@ -6,7 +6,6 @@ and the throughput of a plain reference convolution measured in the same run; co
 
 from __future__ import annotations
 
-import ctypes
 import os
 import statistics
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from fundus_studio.runtime import tune_malloc  # noqa: F401 - re-exported for the benchmark scripts
 
 # The reference workload of PERF.md: a 3×3 convolution 64 → 64 channels on a 256² image, batch 1.
 REFERENCE_CHANNELS = 64
@@ -37,25 +38,6 @@ def setup_threads() -> int:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads
-
-
-# glibc mallopt parameters (malloc.h) and the largest mmap threshold glibc accepts on 64-bit.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
-
-
-def tune_malloc() -> bool:
-    """Keep freed blocks up to 32 MiB in glibc's heap instead of returning them to the kernel.
-
-    PyTorch on CPU allocates every intermediate tensor afresh; above glibc's mmap threshold each one
-    is a new mapping whose pages fault in on first touch, which at 512² costs more than the
-    arithmetic of the element-wise steps. Returns False where glibc's ``mallopt`` is unavailable.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 def time_call(fn: Callable[[], object], *, runs: int = 10, warmup: int = 2) -> Timing:
