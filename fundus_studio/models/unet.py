@@ -170,8 +170,10 @@ class UNet(nn.Module):
 UNET_PRESETS: dict[str, UNetConfig] = {
     # Tests and wiring checks: a few thousand parameters.
     "smoke": UNetConfig(base_channels=4, depth=2, max_channels=16),
-    # The app's photo → lesion map (the defaults): ≤ 1 s at 512² on our 2-core CPU (docs/models.md).
-    "demo-cpu": UNetConfig(),
+    # The shipped demo segmenter: narrow, trains in ~20 min on 2 CPU cores (checkpoints/README.md).
+    "demo-cpu": UNetConfig(base_channels=16, depth=4, max_channels=128),
+    # The widest U-Net that stays under 1 s at 512² on our 2-core CPU (the defaults; docs/models.md).
+    "wide-cpu": UNetConfig(),
     # Son et al.'s public U-Net: 64 base channels, bilinear, 17.3 M parameters.
     "paper-512": UNetConfig(base_channels=64, depth=4, max_channels=1024),
 }
