@@ -103,6 +103,46 @@ def test_discriminator_has_spectral_norm_and_ratio_follows_widths() -> None:
     assert n(Discriminator(wide)) > n(d)
 
 
+def test_minibatch_stddev_lets_d_see_batch_variety() -> None:
+    torch.manual_seed(0)
+    d = Discriminator(TINY).eval()
+    assert TINY.mbstd_group == 4 and d.mbstd_conv is not None
+    x = torch.randn(8, labels.NUM_CLASSES, 32, 32).softmax(1)
+    varied, _ = d(x)
+    same = x.clone()
+    same[1:4] = x[0]  # sample 0's group of four made identical: zero spread in that group
+    collapsed, _ = d(same)
+    assert not torch.allclose(varied[0], collapsed[0])
+    # Groups are consecutive samples: the second group [4:8] does not see the first.
+    assert torch.allclose(varied[4:], collapsed[4:])
+    plain = Discriminator(ACGANConfig(**{**TINY.__dict__, "mbstd_group": 0})).eval()
+    assert plain.mbstd_conv is None
+    assert torch.allclose(plain(x)[0][0], plain(same)[0][0])
+
+
+@pytest.mark.parametrize(("batch", "group", "expected"), [(8, 4, 4), (6, 4, 3), (1, 4, 1), (5, 4, 1)])
+def test_minibatch_stddev_group_size(batch: int, group: int, expected: int) -> None:
+    from fundus_studio.models.acgan import mbstd_group_size, minibatch_stddev
+
+    assert mbstd_group_size(batch, group) == expected
+    out = minibatch_stddev(torch.randn(batch, 3, 4, 4), group=group)
+    assert out.shape == (batch, 4, 4, 4) and (out[:, 3] >= 0).all()
+
+
+def test_batch_that_would_mix_reals_and_fakes_in_a_stddev_group_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        acgan.parse_args(["--data", str(tmp_path), "--out", str(tmp_path), "--batch", "6"])
+    acgan.parse_args(["--data", str(tmp_path), "--out", str(tmp_path), "--batch", "6",
+                      "--set", "model.mbstd_group=0"])
+
+
+def test_within_grade_disagreement() -> None:
+    maps = np.zeros((2, 3, 4, 4), np.uint8)
+    assert acgan.within_grade_disagreement(maps) == 0.0
+    maps[:, 0] = 1  # map 0 differs everywhere from maps 1 and 2: 2 of 3 pairs
+    assert acgan.within_grade_disagreement(maps) == pytest.approx(2 / 3)
+
+
 def test_straight_through_input_is_one_hot_with_gradients() -> None:
     logits = torch.randn(2, labels.NUM_CLASSES, 8, 8, requires_grad=True)
     x = acgan.to_d_input(logits, mode="straight-through")
@@ -133,6 +173,14 @@ def test_smoke_run_writes_the_run_folder(dataset: Path, tmp_path: Path) -> None:
     assert (tmp_path / "ckpts" / "acgan.safetensors").is_file()
     maps = LabelSampler.from_checkpoint(ckpt, config=LabelSamplingConfig(size=48)).sample(grade=2, count=3, seed=1)
     assert maps.shape == (3, 48, 48) and maps.dtype == np.uint8
+
+
+def test_anti_collapse_options_train(dataset: Path, tmp_path: Path) -> None:
+    ckpt = smoke(dataset, tmp_path / "ac", "--set", "aux_d_on_fakes=false", "--set", "aux_label_smoothing=0.1",
+                 "--set", "g_steps=1")
+    info = json.loads(ckpt.with_suffix(".json").read_text())
+    assert info["step"] == 4 and info["config"]["mbstd_group"] == 4
+    assert "within-grade disagreement" in (tmp_path / "ac" / "log.txt").read_text()
 
 
 def test_resume_continues_to_the_total_and_matches_an_uninterrupted_run(dataset: Path, tmp_path: Path) -> None:
@@ -285,6 +333,14 @@ def test_kappa_and_lesion_statistics_on_known_maps() -> None:
     rng = np.random.default_rng(0)
     assert disagreement(np.stack([maps[1], maps[1]]), pairs=5, rng=rng) == 0.0
     assert disagreement(maps, pairs=5, rng=rng) == pytest.approx(0.05)
+
+
+def test_heldout_rows_use_the_whole_dataset_when_it_is_not_the_classifiers(tmp_path: Path) -> None:
+    from training.evaluate_labels import _same_dataset
+
+    assert _same_dataset(tmp_path / "train", str(tmp_path / "train"))
+    assert _same_dataset(tmp_path / "train", None)  # an old checkpoint without a dataset entry
+    assert not _same_dataset(tmp_path / "test", str(tmp_path / "train"))
 
 
 def test_classifier_and_evaluation_end_to_end(dataset: Path, tmp_path: Path) -> None:

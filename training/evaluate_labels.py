@@ -4,7 +4,8 @@
         [--classifier runs/grade_classifier/grade_classifier.safetensors] [--out report.json]
 
 (a) Grade fidelity: the grade classifier's accuracy and quadratic-weighted kappa on generated maps
-    (labelled with the grade they were generated for) versus on the classifier's held-out real maps.
+    (labelled with the grade they were generated for) versus on real maps the classifier never saw:
+    its held-out share when ``--data`` is its training set, otherwise every map of ``--data``.
 (b) Lesion statistics per grade and class: mean pixel fraction and mean number of connected
     components, generated vs real, with the Wasserstein-1 distance between the per-map fractions.
 (c) Diversity: mean pairwise pixel disagreement between maps of one grade, generated vs real.
@@ -85,6 +86,12 @@ def disagreement(maps: np.ndarray, *, pairs: int, rng: np.random.Generator) -> f
     return float(np.mean([(maps[a] != maps[b]).mean() for a, b in zip(i, j)]))
 
 
+def _same_dataset(data: Path, trained_on: str | None) -> bool:
+    """Whether ``data`` is the dataset the classifier trained on (its held-out ids apply only there;
+    sample ids such as ``phantom-000001`` repeat across datasets)."""
+    return trained_on is None or Path(data).resolve() == Path(trained_on).resolve()
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     classifier_path = cfg.classifier or cfg.checkpoint.parent / CLASSIFIER_NAME
     if not classifier_path.is_file():
@@ -95,8 +102,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     side = int(info.get("map_resolution", classifier.config.resolution))
     real = harness.load_label_maps(cfg.data, resolution=side, require_grade=True,
                                    downsample=info.get("downsample", "area"))
-    heldout_ids = set(info.get("heldout_ids", []))
-    held = real.subset([i for i, s in enumerate(real.ids) if s in heldout_ids])
+    if _same_dataset(cfg.data, info.get("dataset")):
+        heldout_ids = set(info.get("heldout_ids", []))  # the classifier's own held-out share
+        held = real.subset([i for i, s in enumerate(real.ids) if s in heldout_ids])
+        held_source = "classifier held-out share"
+    else:  # another dataset (e.g. a test set): every map is unseen by the classifier
+        held, held_source = real, "whole dataset (not the classifier's training data)"
     sampler = LabelSampler.from_checkpoint(cfg.checkpoint, config=LabelSamplingConfig(size=side))
     grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
     generated = sampler.sample_grades(grades.tolist(), seed=cfg.seed)
@@ -111,7 +122,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         y_held = held.grades.numpy()
         pred_held = predict(classifier, held.maps)
         fidelity["heldout_real"] = {"accuracy": float((pred_held == y_held).mean()),
-                                    "kappa": quadratic_weighted_kappa(y_held, pred_held), "count": len(held)}
+                                    "kappa": quadratic_weighted_kappa(y_held, pred_held), "count": len(held),
+                                    "source": held_source}
     report["grade_fidelity"] = fidelity
     report["chance_accuracy"] = 1.0 / labels.NUM_GRADES
 

@@ -39,6 +39,7 @@ class ACGANConfig:
     d_max_channels: int = 128  # cap of discriminator channels
     norm_groups: int = 8  # GroupNorm groups of the generator's conditional norms
     g_spectral_norm: bool = False  # spectral norm in G as well (D always has it)
+    mbstd_group: int = 4  # minibatch-stddev group size in D (Karras et al. 2018, ProGAN §3); 0 = off
 
     def __post_init__(self) -> None:
         if self.start_resolution < 2 or self.start_resolution & (self.start_resolution - 1):
@@ -52,6 +53,8 @@ class ACGANConfig:
                      "d_channels", "d_max_channels", "norm_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.mbstd_group < 0:
+            raise ValueError(f"mbstd_group must be ≥ 0 (0 = off), got {self.mbstd_group}")
         if self.num_classes < 2 or self.num_grades < 2:
             raise ValueError("num_classes and num_grades must be at least 2")
         for res in self.resolutions():
@@ -73,6 +76,28 @@ class ACGANConfig:
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(module) if enabled else module
+
+
+def mbstd_group_size(batch: int, group: int) -> int:
+    """The group size minibatch_stddev uses for a batch of ``batch``: the largest divisor ≤ ``group``."""
+    return max(d for d in range(1, min(group, batch) + 1) if batch % d == 0)
+
+
+def minibatch_stddev(x: torch.Tensor, *, group: int) -> torch.Tensor:
+    """Append one channel holding the mean standard deviation of the features over a group of samples
+    (Karras et al. 2018, ProGAN §3). A collapsed generator makes this ≈ 0 on fakes but not on reals,
+    so D can see a lack of variety that no single sample shows.
+
+    Groups are *consecutive* samples (``x.view(-1, g, …)``): a batch made of [reals; fakes] whose
+    halves are multiples of the group size never mixes the two. The group size is the largest
+    divisor of B that is ≤ ``group``. (B, C, H, W) → (B, C + 1, H, W).
+    """
+    b, c, h, w = x.shape
+    g = mbstd_group_size(b, group)
+    y = x.float().view(b // g, g, c, h, w)
+    std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/g,)
+    feat = std.repeat_interleave(g).view(b, 1, 1, 1).expand(b, 1, h, w).to(x.dtype)
+    return torch.cat([x, feat], dim=1)
 
 
 class ConditionalNorm(nn.Module):
@@ -122,6 +147,7 @@ class Generator(nn.Module):
     Shapes:
         z: (B, z_dim) float, grade: (B,) int64 in 0..num_grades-1 → logits (B, num_classes, R, R)
         with R = config.resolution. Softmax over dim 1 gives class probabilities.
+    z enters the stem and, with the grade embedding, the scale and shift of every conditional norm.
     """
 
     def __init__(self, config: ACGANConfig) -> None:
@@ -173,6 +199,8 @@ class Discriminator(nn.Module):
     Shapes:
         x: (B, num_classes, R, R) one-hot or softmax map → (realness (B,), grade_logits (B, num_grades)).
         Realness is an unbounded score (hinge loss); grade_logits feed a cross-entropy.
+    With ``mbstd_group`` > 0 the outputs of a sample depend on its group of batch-mates (consecutive
+    samples; see :func:`minibatch_stddev`): feed reals and fakes in group-aligned blocks.
     """
 
     def __init__(self, config: ACGANConfig) -> None:
@@ -182,6 +210,9 @@ class Discriminator(nn.Module):
         self.from_map = spectral_norm(nn.Conv2d(config.num_classes, config.d_width(res[0]), 3, padding=1))
         self.blocks = nn.ModuleList(DBlock(config.d_width(r), config.d_width(r // 2)) for r in res[:-1])
         c_last = config.d_width(res[-1])
+        # With minibatch stddev, one more 3×3 conv mixes the statistic into the last features.
+        self.mbstd_conv = (spectral_norm(nn.Conv2d(c_last + 1, c_last, 3, padding=1)) if config.mbstd_group
+                           else None)
         self.realness = spectral_norm(nn.Linear(c_last, 1))
         self.grade = spectral_norm(nn.Linear(c_last, config.num_grades))
 
@@ -189,5 +220,7 @@ class Discriminator(nn.Module):
         h = self.from_map(x)
         for block in self.blocks:
             h = block(h)
+        if self.mbstd_conv is not None:
+            h = self.mbstd_conv(minibatch_stddev(F.leaky_relu(h, LEAKY_SLOPE), group=self.config.mbstd_group))
         h = F.leaky_relu(h, LEAKY_SLOPE).sum(dim=(2, 3))  # global sum pooling (SN-GAN)
         return self.realness(h).squeeze(1), self.grade(h)
