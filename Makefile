@@ -8,7 +8,7 @@ PORT   ?= 7860
 CHECKPOINTS ?= checkpoints
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench checkpoints screenshots clean
 
 install: $(STAMP)
 
@@ -31,6 +31,18 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/phantom.py
+	$(PY) benchmarks/render.py
+	$(PY) benchmarks/acgan.py
+	$(PY) benchmarks/sample.py
+	$(PY) benchmarks/app_latency.py
+
+# Retrain every shipped demo checkpoint from procedural phantoms (about 90 minutes on 2 CPU cores).
+checkpoints: install
+	PY=$(PY) scripts/make_checkpoints.sh
+
+# Re-take the README's screenshots (needs Debian's chromium).
+screenshots: install
+	$(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

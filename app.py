@@ -348,7 +348,8 @@ def build_demo() -> gr.Blocks:
                                     label="Show grade")
                 g_shown = gr.State([])
                 g_selected = gr.State(None)
-                gallery = gr.Gallery(label="Label map | render", columns=3, format="png", allow_preview=False)
+                gallery = gr.Gallery(label="Label map | render", columns=3, format="png", allow_preview=False,
+                                     object_fit="contain", height="auto")
                 with gr.Row():
                     keep = gr.Button("Keep")
                     discard = gr.Button("Discard")

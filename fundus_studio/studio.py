@@ -150,7 +150,10 @@ class Studio:
             try:
                 info = json.loads(self.path(name).with_suffix(".json").read_text())
                 data = info.get("data") or {}
-                trained = data.get("description") or data.get("source") or json.dumps(data)[:80]
+                real = data.get("real") or [{}]
+                trained = data.get("description") or data.get("dataset") or real[0].get("dataset") or "?"
+                if data.get("preset"):
+                    trained += f" (preset {data['preset']})"
                 lines.append(f"| {name} | {role} | present | {trained} | {info.get('step', '')} |")
             except (OSError, json.JSONDecodeError) as err:
                 lines.append(f"| {name} | {role} | unreadable ({err}) | | |")
