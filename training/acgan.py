@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,13 +158,6 @@ def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     ratio = (fake[:h] - fake[h:2 * h]).abs().mean(dim=(1, 2, 3)) / (z[:h] - z[h:2 * h]).abs().mean(dim=1)
     return 1.0 / (ratio.mean() + MODE_SEEKING_EPS)
 
-
-def weights_checksum(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def within_grade_disagreement(maps: np.ndarray) -> float:
@@ -317,10 +307,8 @@ def train(cfg: TrainConfig) -> Path:
     path = run.export(G_ema, name="acgan", step=state.step, metrics=last, export_to=cfg.export_to,
                       data={**data.description, "training": "acgan", "preset": cfg.preset})
     if cfg.debug_checksums:
-        sums = {name: weights_checksum(m) for name, m in (("G", G), ("D", D), ("G_ema", G_ema))}
-        out = cfg.out / "checksums" / f"rank{dist.rank}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"step": state.step, "rank": dist.rank, **sums, "ada_p": ada.p}))
+        harness.write_checksums(cfg.out, rank=dist.rank, step=state.step, modules={"G": G, "D": D, "G_ema": G_ema},
+                                ada_p=ada.p)
     run.close()
     harness.shutdown(dist)
     if stopped:

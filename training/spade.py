@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,13 +198,6 @@ def class_balanced_l1(fake: torch.Tensor, real: torch.Tensor, label: torch.Tenso
     return (per_class[present] / count[present]).mean()
 
 
-def weights_checksum(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
 
 @torch.no_grad()
 def sample_grid(g: SpadeGenerator, encoder: StyleEncoder | None, photo: torch.Tensor, label: torch.Tensor, *,
@@ -342,10 +333,7 @@ def train(cfg: TrainConfig) -> Path:
     if E is not None:
         run.export(E, name="spade_encoder", data=data, step=state.step, metrics=last, export_to=cfg.export_to)
     if cfg.debug_checksums:
-        sums = {name: weights_checksum(m) for name, m in modules.items()}
-        out = cfg.out / "checksums" / f"rank{dist.rank}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"step": state.step, "rank": dist.rank, **sums}))
+        harness.write_checksums(cfg.out, rank=dist.rank, step=state.step, modules=modules)
     run.close()
     harness.shutdown(dist)
     if stopped:

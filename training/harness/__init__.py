@@ -27,7 +27,15 @@ from training.harness.data import (
     load_pairs,
     resize_index_map,
 )
-from training.harness.distributed import Distributed, init_distributed, set_threads, shutdown, unwrap
+from training.harness.distributed import (
+    Distributed,
+    init_distributed,
+    set_threads,
+    shutdown,
+    unwrap,
+    weights_checksum,
+    write_checksums,
+)
 from training.harness.ema import ema_decay, ema_update, make_ema
 from training.harness.run import Run, StopRequested, image_grid, label_grid, run_main
 from training.harness.state import TrainState, load_state, save_state
@@ -36,5 +44,6 @@ __all__ = [
     "DOWNSAMPLE_MODES", "BatchSampler", "Distributed", "LabelMaps", "Pairs", "Run", "StopRequested", "TrainState",
     "add_common_arguments", "balanced_weights", "ema_decay", "ema_update", "holdout_split", "image_grid",
     "init_distributed", "label_grid", "load_label_maps", "load_pairs", "load_state", "make_ema", "merge",
-    "resize_index_map", "resolve", "run_main", "set_threads", "save_state", "shutdown", "unwrap",
+    "resize_index_map", "resolve", "run_main", "set_threads", "save_state", "shutdown", "unwrap", "weights_checksum",
+    "write_checksums",
 ]

@@ -6,9 +6,12 @@ them the run is a single process and every collective is a no-op. gloo on CPU, n
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,3 +119,21 @@ def init_distributed(*, device: str = "auto") -> Distributed:
 def shutdown(dist: Distributed) -> None:
     if dist.enabled and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def weights_checksum(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names and bytes): equal on every rank when DDP keeps them in sync."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path, *, rank: int, step: int, modules: dict[str, nn.Module], **extra: float) -> Path:
+    """``folder/checksums/rank<r>.json``: each module's weight hash (the DDP tests compare ranks)."""
+    out = folder / "checksums" / f"rank{rank}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"step": step, "rank": rank, **{k: weights_checksum(m) for k, m in modules.items()},
+                               **extra}))
+    return out
