@@ -149,7 +149,7 @@ def photo_to_tensor(photo: np.ndarray) -> torch.Tensor:
     network here (renderer output, style encoder and segmenter input) sees photos."""
     if photo.dtype != np.uint8 or photo.shape[-1] != 3 or photo.ndim not in (3, 4):
         raise InputError(f"expected (H, W, 3) uint8 photos, got {photo.shape} {photo.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(photo if photo.ndim == 4 else photo[None]))
+    t = torch.from_numpy(np.array(photo if photo.ndim == 4 else photo[None]))  # a writable copy
     return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
