@@ -36,7 +36,7 @@ bench: install
 	$(PY) benchmarks/sample.py
 	$(PY) benchmarks/app_latency.py
 
-# Retrain every shipped demo checkpoint from procedural phantoms (about 90 minutes on 2 CPU cores).
+# Retrain every shipped demo checkpoint from procedural phantoms (about 80 minutes on 2 CPU cores).
 checkpoints: install
 	PY=$(PY) scripts/make_checkpoints.sh
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every shipped demo checkpoint in checkpoints/ from scratch, on the CPU.
-# About 90 minutes on 2 cores (phantoms 7 min, ACGAN 24, grade classifier 15, SPADE 35, U-Net 18).
+# About 80 minutes on 2 cores (phantoms 7 min, ACGAN 13, grade classifier 15, SPADE 35, U-Net 18).
 # Each training step resumes: re-running this script after an interruption continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."

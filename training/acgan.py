@@ -105,10 +105,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch": 16, "steps": 3000, "downsample": "keep-lesions", "ema_half_life_images": 5_000.0,
         # Against intra-grade mode collapse (docs/training.md, "Mode collapse"): D judges one-hot fakes
         # (straight-through), as it judges one-hot reals; minibatch stddev in D (model default); D's grade
-        # classifier on reals only, label-smoothed, with a lighter aux term in G; D ahead of G (TTUR-style
+        # classifier on reals only, label-smoothed; D ahead of G (TTUR-style
         # learning rates, one G update per D update instead of the paper's two).
         "fake_input": "straight-through", "lr_g": 2e-4, "lr_d": 4e-4, "g_steps": 1, "aux_d_on_fakes": False,
-        "aux_label_smoothing": 0.1, "aux_weight_g": 0.5,
+        "aux_label_smoothing": 0.1, "aux_weight_g": 1.0,
     },
     # The paper's scale (256², ≈ 10 : 1 G : D), for GPUs.
     "paper-256": {
