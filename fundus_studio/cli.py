@@ -76,20 +76,15 @@ DEFAULT_UNET = Path("checkpoints/unet.safetensors")
 
 
 def _label_map_with_lesions(photo_path: Path, out: Path, *, size: int, checkpoint: Path) -> Path:
-    """Photo → label map: lesions from the U-Net at ``checkpoint`` (pipeline.Segmenter) painted over the
-    classical field of view, optic disc and vessels; written as a palette PNG."""
+    """Photo → label map with lesions from the U-Net at ``checkpoint``; written as a palette PNG."""
     from fundus_studio.errors import InputError
-    from fundus_studio.extract import extract_label_map
     from fundus_studio.imageio import read_image, save_label_png
-    from fundus_studio.pipeline import Segmenter
+    from fundus_studio.pipeline import Segmenter, extract_with_lesions
 
     segmenter = Segmenter.from_checkpoint(checkpoint)
-    stride = segmenter.unet.config.stride
-    if size % stride:
-        raise InputError(f"--size {size}: the U-Net in {checkpoint} needs a multiple of {stride}")
     photo = read_image(photo_path)
     try:
-        label_map = extract_label_map(photo, size=size, lesions=segmenter.segment(photo, size=size))
+        label_map = extract_with_lesions(photo, size=size, segmenter=segmenter)
     except InputError as err:
         raise InputError(f"{photo_path}: {err}") from None
     return save_label_png(out, label_map)

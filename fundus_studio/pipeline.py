@@ -278,14 +278,33 @@ class Segmenter:
         from fundus_studio.preprocess import preprocess
 
         pre = preprocess(photo, size=size)
-        work = pre.photo
+        return self.segment_preprocessed(pre.photo, pre.fov)
+
+    def segment_preprocessed(self, photo: np.ndarray, fov: np.ndarray) -> dict[int, np.ndarray]:
+        """A photo already squared by ``preprocess`` (``(S, S, 3)``, FOV ``(S, S)``) → lesion masks."""
+        size = photo.shape[0]
+        work = photo
         if self.resolution is not None and self.resolution != size:
             work = cv2.resize(work, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+        stride = self.unet.config.stride
+        if work.shape[0] % stride:
+            raise InputError(f"the segmenter needs a side that is a multiple of {stride}, got {work.shape[0]}")
         probs = self.probabilities(work)
         if probs.shape[-1] != size:
             probs = F.interpolate(torch.from_numpy(probs)[None], size=(size, size), mode="bilinear",
                                   align_corners=False)[0].numpy()
-        return {k: (probs[i] >= self.threshold) & pre.fov for i, k in enumerate(self.classes) if k in LESIONS}
+        return {k: (probs[i] >= self.threshold) & fov for i, k in enumerate(self.classes) if k in LESIONS}
+
+
+def extract_with_lesions(photo: np.ndarray, *, size: int, segmenter: Segmenter | None) -> np.ndarray:
+    """Photo → label map: classical field of view, disc and vessels, lesions from ``segmenter`` when
+    given. The photo is preprocessed once and both steps share it."""
+    from fundus_studio.extract import label_map_from_preprocessed
+    from fundus_studio.preprocess import preprocess
+
+    pre = preprocess(photo, size=size)
+    lesions = segmenter.segment_preprocessed(pre.photo, pre.fov) if segmenter is not None else None
+    return label_map_from_preprocessed(pre.photo, pre.fov, lesions=lesions)
 
 
 class GradeJudge:

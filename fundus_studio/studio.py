@@ -114,10 +114,9 @@ class Studio:
     def extract(self, photo: np.ndarray, *, size: int = 512) -> np.ndarray:
         """Photo → label map: field of view, disc and vessels (classical), lesions from the U-Net when
         a ``unet`` checkpoint is present."""
-        from fundus_studio.extract import extract_label_map
+        from fundus_studio.pipeline import extract_with_lesions
 
-        lesions = self.segment(photo, size=size) if self.has("unet") else None
-        return extract_label_map(photo, size=size, lesions=lesions)
+        return extract_with_lesions(photo, size=size, segmenter=self._get("unet") if self.has("unet") else None)
 
     def classify_grade(self, label_map: np.ndarray) -> np.ndarray | None:
         """Grade probabilities ``(NUM_GRADES,)`` of a label map, or None without a classifier."""
