@@ -137,45 +137,53 @@ def start_map(source: str, grade: int, seed: float, upload: str | None, photo: s
 
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
                   opacity: float):
-    """Every finished stroke: the painted map → render, statistics, current map."""
+    """Every finished stroke: the painted map → view, statistics, current map and its render."""
     base = editor.blank_template(size=CANVAS_SIZE) if base is None else base
     try:
         index_map = editor.painted_map(value, base=base)
         photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
     except StudioError as err:
         gr.Warning(str(err))
-        return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     stats = stats_markdown(index_map, grade_probs=STUDIO.classify_grade(index_map))
-    return _show(index_map, photo, view=view, opacity=opacity), stats, index_map
+    return _show(index_map, photo, view=view, opacity=opacity), stats, index_map, photo
 
 
 def rerender(index_map: np.ndarray | None, seed: float, style: str | None, view: str, opacity: float):
+    """A new seed or style: render the current map again → (view, render)."""
     if index_map is None:
-        return gr.skip()
+        return gr.skip(), gr.skip()
     try:
         photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
     except StudioError as err:
         gr.Warning(str(err))
+        return gr.skip(), gr.skip()
+    return _show(index_map, photo, view=view, opacity=opacity), photo
+
+
+def reshow(index_map: np.ndarray | None, photo: np.ndarray | None, view: str, opacity: float):
+    """Another view or opacity: the render at hand, shown anew (no new render)."""
+    if index_map is None or photo is None:
         return gr.skip()
     return _show(index_map, photo, view=view, opacity=opacity)
 
 
-def downloads(index_map: np.ndarray | None, seed: float, style: str | None):
-    if index_map is None:
+def downloads(index_map: np.ndarray | None, photo: np.ndarray | None):
+    """The current map (palette PNG) and the render the user sees."""
+    if index_map is None or photo is None:
         gr.Warning("paint or load a map first")
         return gr.skip()
-    photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
     folder = Path(tempfile.mkdtemp(prefix="fundus-download-"))
     return [str(write_download(folder / "label.png", index_map=index_map)),
             str(write_download(folder / "render.png", photo=photo))]
 
 
-def keep_painting(index_map: np.ndarray | None, base_source: str, grade: int, seed: float, items: list[GalleryItem]):
-    """Add the current painting to this user's curated set."""
-    if index_map is None:
+def keep_painting(index_map: np.ndarray | None, photo: np.ndarray | None, base_source: str, grade: int, seed: float,
+                  items: list[GalleryItem]):
+    """Add the current painting, with the render the user sees, to this user's curated set."""
+    if index_map is None or photo is None:
         gr.Warning("paint or load a map first")
         return gr.skip(), gr.skip()
-    photo = STUDIO.render(index_map, seed=_as_int(seed))
     provenance = "painted" if base_source == START_BLANK else "edited"
     item = GalleryItem(label=index_map, image=photo, grade=int(grade), seed=_as_int(seed), provenance=provenance,
                        kept=True)
@@ -298,7 +306,8 @@ def build_demo() -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Paint", id="paint"):
                 base = gr.State(None)
-                current = gr.State(None)
+                current = gr.State(None)  # the painted map ...
+                photo_now = gr.State(None)  # ... and its render, as shown
                 with gr.Row():
                     with gr.Column(scale=1):
                         canvas = gr.ImageEditor(
@@ -371,19 +380,21 @@ def build_demo() -> gr.Blocks:
                        api_name="start")
         # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
         # Only the latest canvas state is rendered when strokes arrive faster than renders.
-        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
+        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
                      api_name="paint", trigger_mode="always_last")
         # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
-        canvas.change(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
+        canvas.change(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
                       api_visibility="private", trigger_mode="always_last")
-        demo.load(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current],
+        demo.load(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
                   api_visibility="private")
         demo.load(lambda: STUDIO.describe(), None, models_md, api_visibility="private")  # --checkpoints may differ
-        for control in (seed, view, opacity):
-            control.change(rerender, [current, seed, style, view, opacity], shown, api_visibility="private")
-        style.change(rerender, [current, seed, style, view, opacity], shown, api_visibility="private")
-        dl_btn.click(downloads, [current, seed, style], files, api_visibility="private")
-        keep_btn.click(keep_painting, [current, source, start_grade, seed, items], [items, keep_msg],
+        for control in (seed, style):
+            control.change(rerender, [current, seed, style, view, opacity], [shown, photo_now],
+                           api_visibility="private")
+        for control in (view, opacity):
+            control.change(reshow, [current, photo_now, view, opacity], shown, api_visibility="private")
+        dl_btn.click(downloads, [current, photo_now], files, api_visibility="private")
+        keep_btn.click(keep_painting, [current, photo_now, source, start_grade, seed, items], [items, keep_msg],
                        api_visibility="private")
         # Gallery
         g_btn.click(sample_gallery, [g_grades, g_count, g_seed, items], items, api_visibility="private").then(

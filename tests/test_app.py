@@ -38,12 +38,18 @@ def test_paint_handler_renders_and_counts(app) -> None:
     base = blank_template(size=SIZE)
     layer = np.zeros((SIZE, SIZE, 4), np.uint8)
     layer[40:48, 30:90] = (*labels.CLASSES[labels.HAEMORRHAGE].color, 255)
-    shown, stats, current = app.paint_changed({"background": None, "layers": [layer], "composite": None}, base, 0,
+    shown, stats, current, photo = app.paint_changed({"background": None, "layers": [layer], "composite": None}, base, 0,
                                               None, app.VIEW_SIDE, 0.5)
     assert shown.shape == (SIZE, 2 * SIZE, 3)
+    assert np.array_equal(shown[:, SIZE:], photo)  # the render kept in state is the one shown
+    items, _ = app.keep_painting(current, photo, app.START_BLANK, 2, 0, [])
+    assert np.array_equal(items[0].image, photo) and items[0].provenance == "painted"
+    label_file, render_file = app.downloads(current, photo)
+    assert np.array_equal(np.asarray(Image.open(render_file)), photo)
+    assert np.array_equal(app.reshow(current, photo, app.VIEW_SIDE, 0.5), shown)
     assert (current == labels.HAEMORRHAGE).sum() == 8 * 60
     assert "| haemorrhage | 480 |" in stats and "Grade classifier:** grade" in stats
-    overlay, _, _ = app.paint_changed({"layers": [layer]}, base, 0, None, app.VIEW_OVERLAY, 1.0)
+    overlay, _, _, _ = app.paint_changed({"layers": [layer]}, base, 0, None, app.VIEW_OVERLAY, 1.0)
     assert overlay.shape == (SIZE, SIZE, 3)
     assert (overlay[44, 60] == labels.CLASSES[labels.HAEMORRHAGE].color).all()
 
