@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from fundus_studio import dataset, labels
-from fundus_studio.errors import CheckpointError, DatasetError, InputError
+from fundus_studio.errors import DatasetError, InputError
 from fundus_studio.export import PROVENANCE_COLUMNS, hashes_text
 from fundus_studio.imageio import MIN_SIDE, atomic_write, read_image, read_label_map, save_png
 from fundus_studio.phantom import sample_seed
-from fundus_studio.studio import MODEL_ROLES, REGENERATE, Studio
+from fundus_studio.studio import RENDER_STREAM, Studio, pair_seeds
 
 GENERATOR = "fundus_studio.generate"
 SOURCE = "acgan+spade"  # manifest `source` of every sampled pair
@@ -37,7 +37,6 @@ PROVENANCE = "sampled"  # manifest `provenance` (export.PROVENANCES)
 ID_PREFIX = "sample"
 ID_DIGITS = 6  # sample-000123; ids sort in sample order up to 10⁶ samples per run
 SAMPLING_MODELS: tuple[str, ...] = ("acgan", "spade")  # the checkpoints a sampled pair depends on
-RENDER_STREAM = 1  # render latent: sample_seed(s, RENDER_STREAM), a stream apart from the label's seed s
 # A render of one sample on another thread count or CPU may differ by a grey level in a few pixels
 # (float reductions in another order); merge treats such twins as the same sample.
 RENDER_ROUNDING = 1
@@ -54,8 +53,7 @@ def sample_id(index: int) -> str:
 
 
 def render_seed(seed: int) -> int:
-    """The render latent's seed of the sample with seed ``seed`` (the label latent uses ``seed`` itself;
-    a separate stream keeps the two latents independent)."""
+    """The render latent's seed of the sample with (label) seed ``seed``; see ``studio.pair_seeds``."""
     return sample_seed(seed, RENDER_STREAM)
 
 
@@ -88,16 +86,10 @@ def _check_positive(value: int, *, what: str, minimum: int = 1) -> int:
 
 
 def _load(checkpoints: Path, names: tuple[str, ...]) -> tuple[Any, ...]:
-    """Load the pipeline objects for ``names`` (acgan → LabelSampler, spade → Renderer), or raise
-    CheckpointError naming the first missing or corrupt file. Called before any output is touched."""
-    from fundus_studio import pipeline
-
+    """The pipeline objects for ``names``, or CheckpointError naming the first missing or corrupt
+    file. Called before any output is touched."""
     studio = Studio.from_checkpoints(checkpoints)
-    for name in names:
-        if not studio.has(name):
-            raise CheckpointError(f"{studio.path(name)}: missing ({MODEL_ROLES[name]}); {REGENERATE}")
-    builders = {"acgan": pipeline.LabelSampler.from_checkpoint, "spade": pipeline.Renderer.from_checkpoint}
-    return tuple(builders[name](studio.path(name)) for name in names)
+    return tuple(studio.model(name) for name in names)
 
 
 def _hashes(checkpoints: Path) -> dict[str, str]:
@@ -192,9 +184,9 @@ def sample_dataset(
                  desc=f"sample → {out}") as bar:
         for i in todo:
             g = grade if grade is not None else i % labels.NUM_GRADES
-            s = sample_seed(seed, i)
+            s, photo_seed = pair_seeds(seed, i)
             label_map = sampler.sample_grades([g], seed=s, size=size)[0]
-            photo = renderer.render(label_map, seed=render_seed(s))
+            photo = renderer.render(label_map, seed=photo_seed)
             pending.append(pool.submit(writer.add, sample_id=sample_id(i), image=photo, label=label_map,
                                        grade=g, source=SOURCE, seed=s, extra=extra))
             while len(pending) >= WRITE_AHEAD or (pending and pending[0].done()):

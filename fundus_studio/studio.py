@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from fundus_studio import labels
 from fundus_studio.errors import CheckpointError, InputError
 
 # The checkpoint names a checkpoints folder may hold, and what each is for.
@@ -29,6 +28,19 @@ MODEL_ROLES: dict[str, str] = {
     "unet": "lesion segmenter (U-Net): photo → lesion masks",
     "grade_classifier": "grade classifier: label map → DR grade",
 }
+# The render latent is drawn from its own stream of the sample's seed, apart from the label latent.
+RENDER_STREAM = 1
+
+
+def pair_seeds(seed: int, index: int) -> tuple[int, int]:
+    """(label seed, render seed) of sample ``index`` of a run seeded ``seed``: the label seed is
+    ``sample_seed(seed, index)`` (recorded in manifests), the render seed a stream apart from it."""
+    from fundus_studio.phantom import sample_seed
+
+    label_seed = sample_seed(seed, index)
+    return label_seed, sample_seed(label_seed, RENDER_STREAM)
+
+
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
 
 
@@ -57,6 +69,11 @@ class Studio:
 
     def has(self, name: str) -> bool:
         return self.path(name).is_file() and self.path(name).with_suffix(".json").is_file()
+
+    def model(self, name: str) -> Any:
+        """The loaded pipeline object for ``name`` (``acgan`` → LabelSampler, ``spade`` → Renderer,
+        ``unet`` → Segmenter, ``grade_classifier`` → GradeJudge); CheckpointError if missing or corrupt."""
+        return self._get(name)
 
     def _get(self, name: str) -> Any:
         with self._lock:
@@ -94,17 +111,15 @@ class Studio:
     def sample_pairs(
         self, *, grades: Sequence[int], per_grade: int, seed: int, size: int = 512
     ) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
-        """``per_grade`` (label map, render, grade, seed) pairs for each grade, all seeded from ``seed``."""
-        from fundus_studio.phantom import sample_seed
-
+        """``per_grade`` (label map, render, grade, seed) pairs for each grade. Pair i (grades in turn)
+        is seeded exactly as ``fundus-studio sample`` seeds sample i: see :func:`pair_seeds`."""
         if not grades:
             raise InputError("choose at least one grade")
         out = []
-        for grade in grades:
-            maps = self.sample_labels(grade=grade, count=per_grade, seed=sample_seed(seed, grade), size=size)
-            for i, index_map in enumerate(maps):
-                render_seed = sample_seed(seed, labels.NUM_GRADES * (i + 1) + grade)
-                out.append((index_map, self.render(index_map, seed=render_seed), grade, render_seed))
+        for i, grade in enumerate(g for g in grades for _ in range(per_grade)):
+            label_seed, photo_seed = pair_seeds(seed, i)
+            index_map = self.sample_labels(grade=grade, count=1, seed=label_seed, size=size)[0]
+            out.append((index_map, self.render(index_map, seed=photo_seed), grade, label_seed))
         return out
 
     def segment(self, photo: np.ndarray, *, size: int = 512) -> dict[int, np.ndarray]:
