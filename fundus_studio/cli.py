@@ -148,6 +148,58 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.report import ReportConfig, run
+
+    try:
+        cfg = ReportConfig(
+            checkpoints=args.checkpoints, data=args.data, out=args.out, stages=tuple(args.stages.split(",")),
+            seed=args.seed, per_grade=args.per_grade, render_count=args.render_count, segmenter=args.segmenter,
+            real_train=args.real_train, test_count=args.test_count, pool=args.pool, synthetic_size=args.synthetic_size,
+            donors=args.donors, classes=tuple(args.classes), fractions=args.fractions, seeds=args.seeds,
+            unet_preset=args.unet_preset, unet_steps=args.unet_steps, threads=args.threads)
+    except (ValueError, KeyError) as err:
+        args.parser.error(str(err))
+    path = run(cfg, command="fundus-studio " + " ".join(args.argv))
+    print(path.read_text())
+    print(f"wrote report {path}")
+    return 0
+
+
+def _fractions_arg(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(sorted({float(f) for f in value.split(",") if f.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("evaluate", help="quality report: label maps, renders, downstream segmentation (REPORT.md)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of model checkpoints")
+    p.add_argument("--data", type=Path, required=True, help="held-out real studio dataset (no model trained on it)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes it)")
+    p.add_argument("--stages", default="labels,renders,downstream",
+                   help="comma-separated stages to run (default labels,renders,downstream)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling, pair choice, split and pools")
+    p.add_argument("--per-grade", type=_positive, default=100, help="labels: generated maps per grade (default 100)")
+    p.add_argument("--render-count", type=_positive, default=100, help="renders: held-out pairs (default 100)")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)")
+    p.add_argument("--real-train", type=_positive, default=50, help="downstream: real training pairs (default 50)")
+    p.add_argument("--test-count", type=int, default=0, help="downstream: cap on test pairs (default 0: the rest)")
+    p.add_argument("--pool", type=_positive, default=300, help="downstream: pairs per synthetic pool (default 300)")
+    p.add_argument("--synthetic-size", type=_size_arg, default=256, help="downstream: side of sampled pairs (256)")
+    p.add_argument("--donors", type=_positive, default=2, help="downstream: copy-paste donors per sample (default 2)")
+    p.add_argument("--classes", nargs="+", default=["hard_exudate"], help="downstream: classes (default hard_exudate)")
+    p.add_argument("--fractions", type=_fractions_arg, default=(0.0, 0.25, 0.5, 0.75),
+                   help="downstream: synthetic shares (default 0,0.25,0.5,0.75)")
+    p.add_argument("--seeds", type=_positive, default=3, help="downstream: seeds per share (default 3)")
+    p.add_argument("--unet-preset", default="small-cpu", help="downstream: training.unet preset (default small-cpu)")
+    p.add_argument("--unet-steps", type=_positive, default=None, help="downstream: steps per run (default: preset's)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
+    p.set_defaults(func=_cmd_evaluate, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fundus-studio",
@@ -210,11 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nearest", action="store_true", help="snap colours outside the palette to the nearest class")
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of model checkpoints")
     p.set_defaults(func=_cmd_render)
+
+    _add_evaluate(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by commands that write reports
     handler: Handler = args.func
     try:
         return handler(args)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every shipped demo checkpoint in checkpoints/ from scratch, on the CPU.
-# About 80 minutes on 2 cores (phantoms 7 min, ACGAN 13, grade classifier 15, SPADE 35, U-Net 18).
+# About 90 minutes on 2 cores (phantoms 7 min, ACGAN 13, grade classifier 15, SPADE 42, U-Net 13).
 # Each training step resumes: re-running this script after an interruption continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +14,11 @@ $PY -m training.acgan --data "$DATA" --out runs/acgan-demo --preset demo-cpu --t
     --export-to "$OUT"
 $PY -m training.grade_classifier --data "$DATA" --out runs/grade_classifier-demo --preset demo-cpu --threads 1 \
     --set map_resolution=64 --set downsample=keep-lesions --export-to "$OUT"
-$PY -m training.spade --data "$DATA" --out runs/spade-demo --preset demo-cpu --threads 1 --steps 700
-$PY -m training.unet --data "$DATA" --out runs/unet-demo --preset demo-cpu --threads 1
+$PY -m training.spade --data "$DATA" --out runs/spade-demo --preset demo-cpu --threads 2 --steps 2000
+# Disc and vessels too: the quality report's render stage (fundus-studio evaluate) scores them; the
+# studio's photo → label map path takes only the lesion channels (disc and vessels come classically).
+$PY -m training.unet --data "$DATA" --out runs/unet-demo --preset demo-cpu --threads 1 \
+    --classes optic_disc vessel microaneurysm haemorrhage hard_exudate soft_exudate neovascularisation irma
 # The renderer and the segmenter ship in float16 (half the size; renders differ by at most a grey level).
 $PY -m training.export_checkpoint runs/spade-demo/spade.safetensors runs/spade-demo/spade_encoder.safetensors \
     runs/unet-demo/unet.safetensors --to "$OUT" --half

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     # (a) grade fidelity
     report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "classifier": str(classifier_path),
-                              "data": str(cfg.data), "resolution": side, "per_grade": cfg.per_grade}
+                              "data": str(cfg.data), "resolution": side, "maps_per_grade": cfg.per_grade}
     pred_gen = predict(classifier, torch.from_numpy(generated))
     fidelity = {"generated": {"accuracy": float((pred_gen == grades).mean()),
                               "kappa": quadratic_weighted_kappa(grades, pred_gen), "count": len(grades)}}
@@ -147,7 +148,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         lesion_gen = float(np.isin(gen_g, labels.LESIONS).mean())
         lesion_real = float(np.isin(real_g, labels.LESIONS).mean()) if len(real_g) else float("nan")
         per_grade[str(g)] = {
-            "real_count": int(len(real_g)), "lesion_fraction_generated": lesion_gen,
+            "real_count": len(real_g), "lesion_fraction_generated": lesion_gen,
             "lesion_fraction_real": lesion_real, "classes": classes,
             "diversity_generated": disagreement(gen_g, pairs=cfg.diversity_pairs, rng=rng),
             "diversity_real": disagreement(real_g, pairs=cfg.diversity_pairs, rng=rng),
@@ -156,24 +157,29 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    """A number, or "–" where it is undefined (NaN, or None once a report went through JSON)."""
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     f = report["grade_fidelity"]
     lines = ["| grade fidelity | accuracy | QW kappa | maps |", "|---|---|---|---|"]
     for name, v in f.items():
-        lines.append(f"| {name} | {v['accuracy']:.3f} | {v['kappa']:.3f} | {v['count']} |")
+        lines.append(f"| {name} | {_fmt(v['accuracy'], 3)} | {_fmt(v['kappa'], 3)} | {v['count']} |")
     lines.append(f"\nchance accuracy {report['chance_accuracy']:.2f}\n")
     lines += ["| grade | lesion px gen | lesion px real | diversity gen | diversity real | "
               + " | ".join(f"{labels.CLASSES[k].short} frac gen/real (W1) | {labels.CLASSES[k].short} comps gen/real"
                            for k in labels.LESIONS) + " |",
               "|" + "---|" * (5 + 2 * len(labels.LESIONS))]
     for g, v in report["per_grade"].items():
-        cells = [g, f"{v['lesion_fraction_generated']:.4f}", f"{v['lesion_fraction_real']:.4f}",
-                 f"{v['diversity_generated']:.3f}", f"{v['diversity_real']:.3f}"]
+        cells = [g, _fmt(v["lesion_fraction_generated"], 4), _fmt(v["lesion_fraction_real"], 4),
+                 _fmt(v["diversity_generated"], 3), _fmt(v["diversity_real"], 3)]
         for k in labels.LESIONS:
             c = v["classes"][labels.NAMES[k]]
-            cells.append(f"{c['generated_fraction']:.4f}/{c.get('real_fraction', float('nan')):.4f} "
-                         f"({c.get('w1_fraction', float('nan')):.4f})")
-            cells.append(f"{c['generated_components']:.1f}/{c.get('real_components', float('nan')):.1f}")
+            cells.append(f"{_fmt(c['generated_fraction'], 4)}/{_fmt(c.get('real_fraction'), 4)} "
+                         f"({_fmt(c.get('w1_fraction'), 4)})")
+            cells.append(f"{_fmt(c['generated_components'], 1)}/{_fmt(c.get('real_components'), 1)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -29,9 +29,12 @@ from skimage.metrics import structural_similarity
 from fundus_studio.checkpoint import paths_for, read_info
 from fundus_studio.errors import StudioError
 from fundus_studio.labels import NUM_CLASSES
+from fundus_studio.metrics import SegmentationMetrics
 from fundus_studio.models.spade import SpadeGenerator, StyleEncoder
-from fundus_studio.pipeline import Renderer
+from fundus_studio.models.unet import UNet
+from fundus_studio.pipeline import Renderer, photo_to_tensor
 from training import harness
+from training.evaluate_segmentation import score_batch
 
 PIXEL_RANGE = 255  # photos are 8-bit
 
@@ -112,6 +115,27 @@ def evaluate(renderer: Renderer, pairs: harness.Pairs, *, seed: int) -> dict[str
         out[mode] = {"l1": float(arr[:, 0].mean()), "l1_std": float(arr[:, 0].std()),
                      "ssim": float(arr[:, 1].mean()), "ssim_std": float(arr[:, 1].std())}
     return out
+
+
+@torch.inference_mode()
+def segmentation_fidelity(renderer: Renderer, unet: UNet, pairs: harness.Pairs, *, seed: int, batch: int = 8
+                          ) -> dict[str, dict[str, Any]]:
+    """SPADE's mIoU protocol: a U-Net trained on real photos segments (a) the real photos and (b) the
+    renders of their label maps (seed ``seed + i`` for pair i, as :func:`evaluate`); both are scored
+    against the label maps. → ``{"real": metrics, "render": metrics}`` (``fundus_studio.metrics``
+    results over the U-Net's classes; predictions outside the FOV dropped, as in
+    ``training.evaluate_segmentation``). A renderer as good as the real photos for the U-Net scores
+    the same IoU on both."""
+    unet = unet.eval()
+    scored = {name: SegmentationMetrics(classes=unet.config.classes) for name in ("real", "render")}
+    for start in range(0, len(pairs), batch):
+        maps = pairs.maps[start:start + batch]
+        photos = {"real": pairs.images[start:start + batch].numpy(),
+                  "render": np.stack([renderer.render(m.numpy(), seed=seed + start + i) for i, m in enumerate(maps)])}
+        for name, images in photos.items():
+            x = photo_to_tensor(images).contiguous(memory_format=torch.channels_last)
+            score_batch(scored[name], torch.sigmoid(unet(x).float()), maps)
+    return {name: m.compute() for name, m in scored.items()}
 
 
 def markdown(results: dict[str, dict[str, dict[str, float]]], *, count: int, resolution: int) -> str:

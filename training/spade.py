@@ -109,12 +109,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 4, "pixel_weight": 1.0, "ema": True, "ema_half_life_images": 20.0, "log_every": 1,
         "sample_every": 2, "sample_rows": 2, "snapshot_every": 2,
     },
-    # 256² on 2 CPU cores, well under an hour (measured sec/step in docs/spade_training.md). The
+    # 256² on 2 CPU cores: 2000 steps ≈ 42 min at 1.25 s/step (docs/spade_training.md). The
     # class-balanced pixel L1 gives a short run a signal where tiny lesions count as much as the
     # background; the GAN and feature-matching terms alone need far more steps than a CPU affords.
     "demo-cpu": {
         **_preset("demo-cpu"), "style_encoder": True, "resolution": 256, "downsample": "keep-lesions",
-        "batch": 2, "steps": 600, "pixel_weight": 10.0, "ema": False, "log_every": 10, "sample_every": 100,
+        "batch": 2, "steps": 2000, "pixel_weight": 10.0, "ema": False, "log_every": 10, "sample_every": 100,
         "snapshot_every": 50,
     },
     # Official SPADE scale at 512² for GPUs: no pixel loss (it pulls renders towards the mean photo and

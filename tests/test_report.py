@@ -1,0 +1,265 @@
+"""`fundus-studio evaluate` (training.report), the copy-paste baseline and the render-stage protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fundus_studio import cli, labels
+from fundus_studio.checkpoint import save_model
+from fundus_studio.dataset import StudioDataset
+from fundus_studio.errors import DatasetError
+from fundus_studio.models.unet import UNET_PRESETS, UNet, UNetConfig
+from fundus_studio.phantom import write_phantoms
+from tests.tiny_checkpoints import write_tiny_checkpoints
+from training import copy_paste, evaluate_labels, harness, report, report_text
+from training.evaluate_renders import segmentation_fidelity
+
+SIZE = 64
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantoms(tmp_path_factory.mktemp("report-data") / "real", count=30, grade=None, size=SIZE, seed=5,
+                          progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny untrained models; the U-Net also predicts disc and vessels and records its training side."""
+    folder = write_tiny_checkpoints(tmp_path_factory.mktemp("report-ck"))
+    torch.manual_seed(0)
+    classes = (labels.OPTIC_DISC, labels.VESSEL, *labels.LESIONS)
+    unet = UNet(UNetConfig(**{**UNET_PRESETS["smoke"].__dict__, "classes": classes}))
+    save_model(unet.eval(), folder / "unet", data={"resolution": SIZE}, step=0, created_by="tests/test_report.py")
+    return folder
+
+
+# --- copy-paste -----------------------------------------------------------------------------------
+
+
+def test_paste_lesions_copies_donor_lesions_inside_the_target_fov_only() -> None:
+    target = np.full((4, 4), labels.RETINA, np.uint8)
+    target[:, 0] = labels.OUTSIDE
+    photo = np.zeros((4, 4, 3), np.uint8)
+    d1 = np.full((4, 4), labels.RETINA, np.uint8)
+    d1[0, :] = labels.HARD_EXUDATE  # the row crosses the target's outside column
+    d1[3, 3] = labels.VESSEL  # not a lesion: stays the target's
+    d2 = np.full((4, 4), labels.RETINA, np.uint8)
+    d2[0, 2] = labels.HAEMORRHAGE  # pasted after d1, so it wins
+    out_photo, out = copy_paste.paste_lesions(photo=photo, label=target, donors=[
+        (np.full((4, 4, 3), 10, np.uint8), d1), (np.full((4, 4, 3), 20, np.uint8), d2)])
+    assert out[0].tolist() == [labels.OUTSIDE, labels.HARD_EXUDATE, labels.HAEMORRHAGE, labels.HARD_EXUDATE]
+    assert out[3, 3] == labels.RETINA and (out[1:] == target[1:]).all()
+    assert out_photo[0, :, 0].tolist() == [0, 10, 20, 10] and (out_photo[1:] == 0).all()
+    assert (target[0] != labels.HARD_EXUDATE).all(), "the target must not be modified in place"
+
+
+def test_copy_paste_dataset_uses_same_grade_donors_resumes_and_refuses_another_run(phantoms: Path,
+                                                                                    tmp_path: Path) -> None:
+    cfg = copy_paste.CopyPasteConfig(real=phantoms, out=tmp_path / "cp", count=10, donors=2, seed=3)
+    out = copy_paste.make_dataset(cfg, progress=False)
+    real, made = StudioDataset.open(phantoms), StudioDataset.open(out)
+    assert len(made) == 10 and made.size == real.size
+    assert [s.grade for s in made] == [i % labels.NUM_GRADES for i in range(10)]
+    grade_of = {s.id: s.grade for s in real}
+    for s in made:
+        target, donors = s.extra["target"], s.extra["donors"].split()
+        assert len(donors) == 2 and target not in donors
+        assert {grade_of[i] for i in (target, *donors)} == {s.grade}
+        photo, label = copy_paste.paste_lesions(photo=real.image(target), label=real.label(target),
+                                                donors=[(real.image(d), real.label(d)) for d in donors])
+        assert (made.label(s) == label).all() and (made.image(s) == photo).all()
+    # Re-running resumes without rewriting; another seed into the same folder is refused.
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    copy_paste.make_dataset(cfg, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == mtimes
+    with pytest.raises(DatasetError, match="another copy-paste run"):
+        copy_paste.make_dataset(copy_paste.CopyPasteConfig(real=phantoms, out=out, count=10, seed=4), progress=False)
+
+
+# --- pieces of the report -------------------------------------------------------------------------
+
+
+def test_split_real_is_stratified_disjoint_and_seeded(phantoms: Path) -> None:
+    ds = StudioDataset.open(phantoms)
+    train, test = report.split_real(ds, count=10, test_count=0, seed=1)
+    assert sorted(s.grade for s in train) == sorted(list(range(labels.NUM_GRADES)) * 2)
+    assert not {s.id for s in train} & {s.id for s in test} and len(train) + len(test) == len(ds)
+    again, _ = report.split_real(ds, count=10, test_count=0, seed=1)
+    other, _ = report.split_real(ds, count=10, test_count=0, seed=2)
+    assert [s.id for s in again] == [s.id for s in train] != [s.id for s in other]
+    assert len(report.split_real(ds, count=10, test_count=7, seed=1)[1]) == 7
+    with pytest.raises(DatasetError, match="lower --real-train"):
+        report.split_real(ds, count=len(ds), test_count=0, seed=1)
+
+
+class _Echo:
+    """A 'renderer' that returns a fixed photo per label map (or a constant one)."""
+
+    def __init__(self, photos: dict[bytes, np.ndarray] | None) -> None:
+        self.photos = photos
+
+    def render(self, label_map: np.ndarray, *, seed: int) -> np.ndarray:
+        if self.photos is None:
+            return np.full((*label_map.shape, 3), 128, np.uint8)
+        return self.photos[label_map.tobytes()]
+
+
+class _Bright(torch.nn.Module):
+    """A 'U-Net' that marks every bright pixel as optic disc and as hard exudate."""
+
+    config = UNetConfig(**{**UNET_PRESETS["smoke"].__dict__, "classes": (labels.OPTIC_DISC, labels.HARD_EXUDATE)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.mean(1, keepdim=True) > 0.2).float() * 20 - 10).repeat(1, 2, 1, 1)
+
+
+def test_segmentation_fidelity_scores_renders_like_the_photos_they_equal(phantoms: Path) -> None:
+    pairs = harness.load_pairs(phantoms, resolution=SIZE)
+    perfect = _Echo({m.numpy().tobytes(): p.numpy() for m, p in zip(pairs.maps, pairs.images)})
+    same = segmentation_fidelity(perfect, _Bright(), pairs, seed=0, batch=4)  # type: ignore[arg-type]
+    assert same["real"]["pooled"]["iou"] == same["render"]["pooled"]["iou"]
+    assert set(same["real"]["pooled"]["iou"]) == {"optic_disc", "hard_exudate"}
+    assert same["real"]["counts"]["tp"]["optic_disc"] > 0
+    grey = segmentation_fidelity(_Echo(None), _Bright(), pairs, seed=0, batch=4)  # type: ignore[arg-type]
+    assert grey["real"]["pooled"]["iou"] == same["real"]["pooled"]["iou"]
+    assert grey["render"]["counts"]["tp"] == {"optic_disc": 0, "hard_exudate": 0}  # grey 128 is not bright
+
+
+def _stats(mean: float, sd: float) -> dict[str, float]:
+    return {"mean": mean, "sd": sd}
+
+
+def _made() -> dict:
+    iou = {"optic_disc": 0.8, "vessel": 0.5, "haemorrhage": 0.6, "hard_exudate": 0.7}
+    return {"labels": {"grade_fidelity": {"generated": {"accuracy": 0.78, "kappa": 0.69},
+                                          "heldout_real": {"accuracy": 0.96, "kappa": 0.99}}},
+            "renders": {"segmenter_classes": list(iou),
+                        "segmentation": {"real": {"pooled": {"iou": iou}},
+                                         "render": {"pooled": {"iou": {**iou, "vessel": 0.39, "optic_disc": 0.7}}}}},
+            "downstream": {"summary": {"acgan-spade": {"hard_exudate": {
+                "0": {"pooled": {"f1": _stats(0.40, 0.02)}}, "0.25": {"pooled": {"f1": _stats(0.43, 0.04)}}}}}}}
+
+
+def _met(made: dict) -> dict[str, bool | None]:
+    return {t["key"]: t["met"] for t in report_text.targets(made, classes=("hard_exudate",))}
+
+
+def test_targets_compare_ratios_and_the_downstream_gain_with_one_sd() -> None:
+    made = _made()
+    assert _met(made) == {"grade_accuracy": True, "grade_kappa": False, "iou_optic_disc": True, "iou_vessel": False,
+                          "iou_haemorrhage": True, "iou_hard_exudate": True,
+                          "downstream_hard_exudate": False}  # 0.78/0.96 = 0.81; disc 0.7/0.8; gain 0.03 < sd 0.04
+    made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0.25"]["pooled"]["f1"] = _stats(0.45, 0.04)
+    assert _met(made)["downstream_hard_exudate"] is True
+
+
+def test_targets_say_not_measured_instead_of_passing_or_vanishing() -> None:
+    made = _made()
+    del made["labels"]["grade_fidelity"]["heldout_real"]  # no real maps unseen by the classifier
+    made["renders"]["segmenter_classes"].remove("vessel")  # a segmenter without vessels
+    made["renders"]["segmentation"]["real"]["pooled"]["iou"]["haemorrhage"] = 0.0  # ratio undefined
+    made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0"]["pooled"]["f1"] = _stats(0.40, None)  # 1 seed
+    met = _met(made)
+    assert met["grade_accuracy"] is None and met["iou_vessel"] is None and met["iou_haemorrhage"] is None
+    assert met["downstream_hard_exudate"] is None and met["iou_optic_disc"] is True
+    del made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0.25"]  # share not run
+    assert _met(made)["downstream_hard_exudate"] is None
+    table = report_text.targets_table(report_text.targets(made, classes=("hard_exudate",)))
+    assert "not measured (the segmenter does not predict vessel)" in table and "nan" not in table
+
+
+def test_label_tables_print_undefined_figures_as_a_dash() -> None:
+    """A grade without real maps has undefined real statistics (None once the report went through JSON)."""
+    classes = {labels.NAMES[k]: {"generated_fraction": 0.01, "generated_components": 2.0, "real_fraction": None,
+                                 "real_components": None, "w1_fraction": None} for k in labels.LESIONS}
+    result = {"grade_fidelity": {"generated": {"accuracy": 0.5, "kappa": None, "count": 10}}, "chance_accuracy": 0.2,
+              "per_grade": {"0": {"lesion_fraction_generated": 0.01, "lesion_fraction_real": None,
+                                  "diversity_generated": 0.1, "diversity_real": None, "classes": classes}}}
+    text = evaluate_labels.markdown(result)
+    assert "| 0 | 0.0100 | – | 0.100 | – |" in text and "| generated | 0.500 | – | 10 |" in text
+
+
+# --- the whole command ----------------------------------------------------------------------------
+
+
+def _args(checkpoints: Path, data: Path, out: Path, *, per_grade: int = 3) -> list[str]:
+    return ["evaluate", "--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
+            "--per-grade", str(per_grade), "--render-count", "5", "--real-train", "10", "--pool", "12",
+            "--synthetic-size", str(SIZE), "--fractions", "0,0.25", "--seeds", "2", "--unet-preset", "smoke",
+            "--unet-steps", "2", "--threads", "1"]
+
+
+@pytest.mark.slow  # about 20 s: samples, renders and eight smoke U-Net trainings
+def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert cli.main(_args(checkpoints, phantoms, out)) == 0
+    md = (out / "REPORT.md").read_text()
+    for heading in ("## Targets", "## 1. Label maps", "## 2. Renders", "## 3. Downstream", "### hard_exudate"):
+        assert heading in md
+    assert "Measured on procedural phantoms" in md
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and " % |" in line]
+    assert rows == ["real only", "ACGAN + SPADE", "copy-paste"]
+    for name in ("lesions", "samples", "render_iou", "downstream"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG
+    data = json.loads((out / "report.json").read_text())
+    assert data["labels"]["grade_fidelity"]["generated"]["count"] == 3 * labels.NUM_GRADES
+    assert data["renders"]["count"] == 5 and data["downstream"]["real_train"] == 10
+    assert data["downstream"]["test"] == 20
+    assert {t["key"] for t in data["targets"]} == {"grade_accuracy", "grade_kappa", "iou_optic_disc", "iou_vessel",
+                                                   "iou_haemorrhage", "iou_hard_exudate", "downstream_hard_exudate"}
+    # The tiny classifier records no training data, so no real maps count as unseen: said, not dropped.
+    assert next(t for t in data["targets"] if t["key"] == "grade_accuracy")["met"] is None
+    runs = {str(p.relative_to(out / "downstream")) for p in (out / "downstream").glob("*/runs/*")}
+    assert runs == {"acgan-spade/runs/f0-s0", "acgan-spade/runs/f0-s1", "acgan-spade/runs/f0.25-s0",
+                    "acgan-spade/runs/f0.25-s1", "copy-paste/runs/f0.25-s0", "copy-paste/runs/f0.25-s1"}
+    assert StudioDataset.open(out / "data" / "acgan-spade").info["meta"]["source"] == "acgan+spade"
+
+    # Re-running reuses every finished stage and run; other settings into the same folder are refused.
+    stamps = {p: p.stat().st_mtime_ns for p in [out / "labels.json", out / "renders.json",
+                                                *out.glob("downstream/*/runs/*/eval.json")]}
+    assert cli.main(_args(checkpoints, phantoms, out)) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # One stage alone re-runs (from its cache) and the report keeps the others' sections.
+    assert cli.main([*_args(checkpoints, phantoms, out), "--stages", "renders"]) == 0
+    assert "## 1. Label maps" in (out / "REPORT.md").read_text() and "## 3. Downstream" in (out / "REPORT.md").read_text()
+    capsys.readouterr()
+    assert cli.main(_args(checkpoints, phantoms, out, per_grade=4)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fundus-studio evaluate: error:") and "per_grade" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_names_a_missing_checkpoint_before_any_work(checkpoints: Path, phantoms: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    partial = tmp_path / "ck"
+    partial.mkdir()
+    for f in checkpoints.iterdir():
+        if not f.name.startswith("spade"):
+            (partial / f.name).write_bytes(f.read_bytes())
+    assert cli.main(_args(partial, phantoms, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "spade.safetensors" in err and "make checkpoints" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--stages", "labels,nonsense"], "stages must be some of"),
+    (["--fractions", "0.25,0.5"], "fractions must include 0"),
+    (["--pool", "5"], "needs 10 synthetic pairs; raise pool"),  # 50 % of 10 real
+    (["--test-count", "-3"], "test_count must be ≥ 0"),
+])
+def test_evaluate_rejects_bad_settings_before_any_work(checkpoints: Path, phantoms: Path, tmp_path: Path,
+                                                       extra: list[str], message: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(checkpoints, phantoms, tmp_path / "o")
+    args[args.index("--fractions") + 1] = "0,0.5"
+    with pytest.raises(SystemExit):
+        cli.main([*args, *extra])
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -1,0 +1,325 @@
+"""The quality report of a checkpoints folder: label maps, renders and downstream segmentation, measured.
+
+    fundus-studio evaluate --checkpoints checkpoints --data data/phantoms-test --out reports/phantoms
+
+``--data`` is a studio dataset of real (photo, label map, grade) triples that none of the models saw
+in training. Three stages, each written to OUT and reused when the command is run again:
+
+1. **labels** (``training.evaluate_labels``): the grade classifier's accuracy and quadratic-weighted
+   kappa on ``per_grade`` generated maps per grade versus on the real maps; lesion statistics per
+   grade; within-grade diversity.
+2. **renders**: ``render_count`` real pairs at the segmenter's side. A U-Net trained on real photos
+   (``CHECKPOINTS/unet``, or ``--segmenter``) segments the real photos and the renders of their label
+   maps; per-class IoU on both (SPADE's mIoU protocol, ``evaluate_renders.segmentation_fidelity``);
+   L1 and SSIM of renders against the real photos (``evaluate_renders.evaluate``).
+3. **downstream** (Son et al.'s experiment, ``training.mix_experiment``): ``real_train`` pairs of
+   ``--data`` (stratified by grade) are the scarce real training set, the rest the test set. A fresh
+   U-Net per (source, synthetic share, seed) segments ``classes``; synthetic pairs come from a pool of
+   ``pool`` ACGAN + SPADE samples (``fundus-studio sample``) or from the copy-paste baseline built
+   from the same real training pairs (``training.copy_paste``), every run with the same step budget.
+
+OUT/REPORT.md holds the tables and the project's targets, OUT/report.json every number, and
+OUT/*.png the plots. OUT/config.json pins the settings and the checkpoints' hashes: a later run with
+other settings or other checkpoints is refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fundus_studio import labels
+from fundus_studio.checkpoint import config_to_dict, load_model, read_info
+from fundus_studio.dataset import MANIFEST_FILE, DatasetWriter, Sample, StudioDataset
+from fundus_studio.errors import CheckpointError, DatasetError
+from fundus_studio.imageio import atomic_write
+from fundus_studio.models.unet import UNet
+from fundus_studio.pipeline import Renderer
+from fundus_studio.studio import Studio, pair_seeds
+from training import (
+    copy_paste,
+    evaluate_labels,
+    evaluate_renders,
+    harness,
+    mix_experiment,
+    report_plots,
+    unet,
+)
+from training.evaluate_segmentation import finite
+from training.report_text import SOURCES, markdown, targets
+
+STAGES: tuple[str, ...] = ("labels", "renders", "downstream")
+SETTINGS_FILE = "config.json"
+MODELS: tuple[str, ...] = ("acgan", "spade", "grade_classifier", "unet")  # the checkpoints a report measures
+SAMPLES_PER_GRADE = 4  # columns of the samples figure
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    checkpoints: Path  # folder with acgan, spade, grade_classifier and unet checkpoints
+    data: Path  # held-out real studio dataset (photos, label maps, grades) none of the models trained on
+    out: Path  # report folder; re-running resumes it
+    stages: tuple[str, ...] = STAGES  # which stages to run (the report shows those run so far)
+    seed: int = 0  # sampling, pair choice, data split and the synthetic pools
+    per_grade: int = 100  # labels: generated maps per grade
+    render_count: int = 100  # renders: held-out pairs rendered and segmented
+    segmenter: Path | None = None  # renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)
+    real_train: int = 50  # downstream: scarce real training pairs, stratified by grade; the rest is the test set
+    test_count: int = 0  # downstream: cap on the test pairs (0 = every pair not in the real training set)
+    pool: int = 300  # downstream: pairs in each synthetic pool (≥ what the largest share needs)
+    synthetic_size: int = 256  # downstream: side of the ACGAN + SPADE pairs (the U-Net presets train at 256)
+    donors: int = 2  # downstream: same-grade pairs whose lesions each copy-paste sample gets
+    classes: tuple[str, ...] = ("hard_exudate",)  # downstream: classes the U-Nets segment
+    fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)  # downstream: synthetic shares of the training set
+    seeds: int = 3  # downstream: U-Net seeds per (source, share)
+    unet_preset: str = "small-cpu"  # downstream: training.unet preset of every run
+    unet_steps: int | None = None  # downstream: steps per run (default: the preset's)
+    threads: int | None = None  # torch CPU threads (does not change the results' meaning)
+
+    def __post_init__(self) -> None:
+        if not self.stages or set(self.stages) - set(STAGES):
+            raise ValueError(f"stages must be some of {', '.join(STAGES)}, got {self.stages}")
+        if min(self.per_grade, self.render_count, self.real_train, self.pool, self.donors, self.seeds) < 1:
+            raise ValueError("per_grade, render_count, real_train, pool, donors and seeds must be positive")
+        if self.per_grade < 2:
+            raise ValueError("per_grade must be at least 2 (diversity compares pairs of maps)")
+        if self.test_count < 0:
+            raise ValueError(f"test_count must be ≥ 0 (0 = every remaining pair), got {self.test_count}")
+        object.__setattr__(self, "fractions", tuple(sorted(set(self.fractions))))
+        if not self.fractions or not all(0.0 <= f < 1.0 for f in self.fractions):
+            raise ValueError(f"fractions must lie in [0, 1), got {self.fractions}")
+        if 0.0 not in self.fractions:
+            raise ValueError("fractions must include 0 (the real-only runs every share is compared with)")
+        needed = unet.synthetic_count(self.real_train, max(self.fractions))
+        if needed > self.pool:
+            raise ValueError(f"a {100 * max(self.fractions):g} % share of {self.real_train} real pairs needs "
+                             f"{needed} synthetic pairs; raise pool (now {self.pool})")
+        if self.unet_preset not in unet.PRESETS:
+            raise ValueError(f"unet_preset must be one of {', '.join(sorted(unet.PRESETS))}, got {self.unet_preset!r}")
+        # Full taxonomy names (short ones accepted): the experiment's results are keyed by them.
+        object.__setattr__(self, "classes", tuple(labels.NAMES[labels.class_index(n)] for n in self.classes))
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def checkpoint_path(cfg: ReportConfig, name: str) -> Path:
+    studio = Studio.from_checkpoints(cfg.checkpoints)
+    if not studio.has(name):
+        raise CheckpointError(f"{studio.path(name)}: missing; the report needs every model of the folder "
+                              "(run `make checkpoints` or pass another --checkpoints)")
+    return studio.path(name)
+
+
+def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
+    """Write OUT/config.json, or check a re-run against it; return the settings."""
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "stages", "threads")}
+    settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
+    # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
+    settings["data_manifest_sha256"] = hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest()
+    if cfg.segmenter is not None:
+        settings["segmenter_sha256"] = read_info(cfg.segmenter).get("sha256")
+    path = cfg.out / SETTINGS_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            raise DatasetError(f"{cfg.out}: holds a report made with other settings ({', '.join(changed)} differ); "
+                               "choose another --out, or delete it to start over")
+        return before
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as fh:
+        json.dump(settings, fh, indent=2)
+    return settings
+
+
+def _cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The stage result at ``path``, computed (and written atomically) when absent."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    return _write(path, finite(compute()))
+
+
+def _write(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    with atomic_write(path, "w") as fh:
+        json.dump(result, fh, indent=2)
+    return result
+
+
+# --- stage 1: label maps --------------------------------------------------------------------------
+
+
+def label_stage(cfg: ReportConfig) -> dict[str, Any]:
+    return evaluate_labels.evaluate(evaluate_labels.EvalConfig(
+        checkpoint=checkpoint_path(cfg, "acgan"), data=cfg.data,
+        classifier=checkpoint_path(cfg, "grade_classifier"), per_grade=cfg.per_grade, seed=cfg.seed))
+
+
+# --- stage 2: renders -----------------------------------------------------------------------------
+
+
+def render_stage(cfg: ReportConfig) -> dict[str, Any]:
+    segmenter = cfg.segmenter or checkpoint_path(cfg, "unet")
+    unet_model = load_model(segmenter, expected=UNet)
+    trained = read_info(segmenter).get("data") or {}
+    side = int(trained.get("resolution") or 0)
+    if side < 1:
+        raise CheckpointError(f"{segmenter}: no training resolution recorded; the renders need the segmenter's side")
+    renderer = Renderer.from_checkpoint(checkpoint_path(cfg, "spade"))
+    # Truth maps reach the segmenter's side the way its training maps did.
+    pairs = harness.load_pairs(cfg.data, resolution=side, downsample=trained.get("downsample", "area"))
+    pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.render_count]
+    pairs = harness.Pairs(pairs.images[pick], pairs.maps[pick], pairs.grades[pick],
+                          tuple(pairs.ids[i] for i in pick.tolist()), pairs.description)
+    fidelity = evaluate_renders.segmentation_fidelity(renderer, unet_model, pairs, seed=cfg.seed)
+    photo = {**evaluate_renders.evaluate(renderer, pairs, seed=cfg.seed),
+             **evaluate_renders.class_mean_baseline(pairs)}
+    spade_side = (read_info(checkpoint_path(cfg, "spade")).get("data") or {}).get("resolution")
+    return {"segmenter": str(segmenter), "segmenter_classes": [labels.NAMES[k] for k in unet_model.config.classes],
+            "resolution": side, "spade_resolution": spade_side, "count": len(pairs), "ids": list(pairs.ids),
+            "segmentation": fidelity, "photo": photo}
+
+
+def sample_grid(cfg: ReportConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(maps (G, N, S, S), renders (G, N, S, S, 3)): the first N samples of each grade of
+    ``fundus-studio sample --seed SEED`` (sample i has grade i mod G), at the renderer's training side
+    (the data's side when the checkpoint does not record it)."""
+    studio = Studio.from_checkpoints(cfg.checkpoints)
+    side = (read_info(checkpoint_path(cfg, "spade")).get("data") or {}).get("resolution")
+    if not isinstance(side, int):
+        side = StudioDataset.open(cfg.data).size
+    maps, renders = [], []
+    for g in range(labels.NUM_GRADES):
+        seeds = [pair_seeds(cfg.seed, g + labels.NUM_GRADES * i) for i in range(SAMPLES_PER_GRADE)]
+        row = [studio.sample_labels(grade=g, count=1, seed=s, size=side)[0] for s, _ in seeds]
+        maps.append(np.stack(row))
+        renders.append(np.stack([studio.render(m, seed=r) for m, (_, r) in zip(row, seeds)]))
+    return np.stack(maps), np.stack(renders)
+
+
+# --- stage 3: downstream --------------------------------------------------------------------------
+
+
+def split_real(ds: StudioDataset, *, count: int, test_count: int, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(real training pairs, test pairs): ``count`` graded pairs taken grade by grade in turn from a
+    seeded shuffle (so every grade is represented), and the rest (at most ``test_count`` if > 0)."""
+    if not any(s.grade is not None for s in ds.samples):
+        raise DatasetError(f"{ds.root}: no pair has a DR grade; the downstream stage draws its real training "
+                           "pairs and the copy-paste donors by grade (run --stages labels,renders without it)")
+    order = [ds.samples[i] for i in np.random.default_rng(seed).permutation(len(ds.samples))]
+    queues = {g: [s for s in order if s.grade == g] for g in range(labels.NUM_GRADES)}
+    train: list[Sample] = []
+    while len(train) < count and any(queues.values()):
+        for g in range(labels.NUM_GRADES):
+            if queues[g] and len(train) < count:
+                train.append(queues[g].pop(0))
+    taken = {s.id for s in train}
+    test = [s for s in order if s.id not in taken]
+    test = test[:test_count] if test_count else test
+    if len(train) < count or not test:
+        raise DatasetError(f"{ds.root}: {len(ds.samples)} pairs ({len(train)} graded available for training) "
+                           f"cannot give {count} real training pairs and a test set; lower --real-train")
+    return train, test
+
+
+def write_subset(ds: StudioDataset, samples: list[Sample], *, out: Path) -> Path:
+    """Copy ``samples`` of ``ds`` into the studio dataset ``out`` (resumable; refuses another subset)."""
+    meta = {"subset_of": str(ds.root), "ids": [s.id for s in samples]}
+    writer = DatasetWriter(out, size=ds.size, created_by="fundus-studio evaluate",
+                           extra_columns=tuple(ds.info.get("extra_columns", ())), meta=meta)
+    if writer.info.get("meta") != meta:
+        raise DatasetError(f"{out}: holds another subset; delete it or choose another --out")
+    done = writer.done_ids
+    for s in samples:
+        if s.id not in done:
+            writer.add_from(s, root=ds.root)
+    return writer.root
+
+
+def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
+    from fundus_studio.generate import sample_dataset
+
+    ds = StudioDataset.open(cfg.data)
+    train, test = split_real(ds, count=cfg.real_train, test_count=cfg.test_count, seed=cfg.seed)
+    data = cfg.out / "data"
+    real_dir = write_subset(ds, train, out=data / "real-train")
+    test_dir = write_subset(ds, test, out=data / "test")
+    pools = {
+        "acgan-spade": sample_dataset(data / "acgan-spade", count=cfg.pool, grade=None, seed=cfg.seed,
+                                      size=cfg.synthetic_size, checkpoints=cfg.checkpoints),
+        "copy-paste": copy_paste.make_dataset(copy_paste.CopyPasteConfig(
+            real=real_dir, out=data / "copy-paste", count=cfg.pool, donors=cfg.donors, seed=cfg.seed)),
+    }
+    experiments: dict[str, Any] = {}
+    for source, pool in pools.items():
+        # The real-only runs (share 0) do not depend on the pool: they are trained once, with the first source.
+        fractions = cfg.fractions if not experiments else tuple(f for f in cfg.fractions if f > 0)
+        if not fractions:
+            continue
+        exp = mix_experiment.ExperimentConfig(
+            real=(real_dir,), synthetic=pool, test=test_dir, out=cfg.out / "downstream" / source,
+            classes=cfg.classes, fractions=fractions, seeds=cfg.seeds, preset=cfg.unet_preset,
+            steps=cfg.unet_steps, threads=cfg.threads)
+        unet.parse_args(mix_experiment.trainer_args(exp, fractions[-1], 0))  # the trainer's checks first
+        mix_experiment.run(exp)
+        experiments[source] = json.loads((exp.out / "results.json").read_text())
+    return {"real_train": len(train), "test": len(test), "pool": cfg.pool, "test_data": str(test_dir),
+            "real_data": str(real_dir), "pools": {k: str(v) for k, v in pools.items()},
+            "summary": {source: e["summary"] for source, e in experiments.items()},
+            "run_config": next(iter(experiments.values()))["config"] if experiments else None}
+
+
+# --- the whole report -----------------------------------------------------------------------------
+
+
+def run(cfg: ReportConfig, *, command: str = "") -> Path:
+    """Run the stages asked for (reusing finished ones), then write OUT/REPORT.md, report.json and
+    the plots; return the REPORT.md path."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    studio = Studio.from_checkpoints(cfg.checkpoints)
+    for name in MODELS:  # every model loads (or its one-line error names it) before any hour of work
+        if name != "unet" or cfg.segmenter is None:
+            checkpoint_path(cfg, name)
+            studio.model(name)
+    if cfg.segmenter is not None:
+        load_model(cfg.segmenter, expected=UNet)
+    ds = StudioDataset.open(cfg.data)
+    settings = pin_settings(cfg)
+    report: dict[str, Any] = {"settings": settings, "command": command,
+                              "data": {"path": str(cfg.data), "created_by": ds.info.get("created_by"),
+                                       "count": len(ds), "size": ds.size}}
+    stage_fns = {"labels": label_stage, "renders": render_stage}
+    for stage in STAGES:
+        path = cfg.out / f"{stage}.json"
+        if stage == "downstream" and stage in cfg.stages:
+            print("fundus-studio evaluate: downstream", file=sys.stderr)
+            report[stage] = _write(path, finite(downstream_stage(cfg)))  # the experiment resumes by itself
+        elif stage in cfg.stages:
+            print(f"fundus-studio evaluate: {stage}", file=sys.stderr)
+            report[stage] = _cached(path, lambda fn=stage_fns[stage]: fn(cfg))
+        elif path.is_file():  # an earlier run's stage stays in the report
+            report[stage] = json.loads(path.read_text())
+    report["targets"] = targets(report, classes=cfg.classes)
+    if "labels" in report:
+        report_plots.lesions(report["labels"], cfg.out / "lesions.png")
+        report_plots.samples(*sample_grid(cfg), path=cfg.out / "samples.png")
+    if "renders" in report:
+        report_plots.render_iou(report["renders"], cfg.out / "render_iou.png")
+    if "downstream" in report:
+        report_plots.downstream(report["downstream"]["summary"], fractions=cfg.fractions, classes=cfg.classes,
+                                sources=SOURCES, path=cfg.out / "downstream.png")
+    _write(cfg.out / "report.json", finite(report))
+    path = cfg.out / "REPORT.md"
+    with atomic_write(path, "w") as fh:
+        fh.write(markdown(report, checkpoints=str(cfg.checkpoints), data=str(cfg.data), donors=cfg.donors,
+                          seeds=cfg.seeds, classes=cfg.classes, fractions=cfg.fractions))
+    return path

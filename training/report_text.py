@@ -1,0 +1,209 @@
+"""The quality report's judgement and words (``training.report``): the project's targets checked
+against the measured figures, and REPORT.md.
+
+Every target the report's stages address gets a row, measured or not: a figure that could not be
+measured (a class the segmenter lacks, one seed, a share not run) is said to be so, with ``met``
+None, rather than left out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fundus_studio import labels
+from training import evaluate_labels
+
+SOURCES: dict[str, str] = {"acgan-spade": "ACGAN + SPADE", "copy-paste": "copy-paste"}
+# The project's targets (issue 6): generated/real grade accuracy, kappa, render/real IoU on these classes,
+# and the downstream gain of this synthetic share over real-only, in standard deviations across seeds.
+ACCURACY_RATIO_TARGET = 0.8
+KAPPA_TARGET = 0.7
+IOU_RATIO_TARGET = 0.8
+IOU_TARGET_CLASSES: tuple[int, ...] = (labels.OPTIC_DISC, labels.VESSEL, labels.HAEMORRHAGE, labels.HARD_EXUDATE)
+DOWNSTREAM_TARGET_FRACTION = 0.25
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+
+def _target(key: str, *, what: str, measured: str, wanted: str, met: bool | None) -> dict[str, Any]:
+    return {"key": key, "target": what, "measured": measured, "wanted": wanted, "met": met}
+
+
+def label_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    gen = result["grade_fidelity"]["generated"]
+    real = result["grade_fidelity"].get("heldout_real")
+    ratio = _ratio(gen["accuracy"], real["accuracy"]) if real else None
+    measured = (f"{_f(gen['accuracy'])} / {_f(real['accuracy'])} = {_f(ratio, 2)}" if real
+                else f"{_f(gen['accuracy'])}; no real maps unseen by the classifier to compare with")
+    return [
+        _target("grade_accuracy", what="grade accuracy on generated maps / on real maps", measured=measured,
+                wanted=f"≥ {ACCURACY_RATIO_TARGET}", met=None if ratio is None else ratio >= ACCURACY_RATIO_TARGET),
+        _target("grade_kappa", what="quadratic-weighted kappa on generated maps", measured=_f(gen["kappa"]),
+                wanted=f"≥ {KAPPA_TARGET}", met=None if gen["kappa"] is None else gen["kappa"] >= KAPPA_TARGET),
+    ]
+
+
+def render_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for k in IOU_TARGET_CLASSES:
+        name = labels.NAMES[k]
+        what = f"{name} IoU on renders / on real photos"
+        if name not in result["segmenter_classes"]:
+            out.append(_target(f"iou_{name}", what=what, measured=f"not measured (the segmenter does not predict "
+                               f"{name})", wanted=f"≥ {IOU_RATIO_TARGET}", met=None))
+            continue
+        real, render = (result["segmentation"][s]["pooled"]["iou"][name] for s in ("real", "render"))
+        ratio = _ratio(render, real)
+        out.append(_target(f"iou_{name}", what=what, measured=f"{_f(render)} / {_f(real)} = {_f(ratio, 2)}",
+                           wanted=f"≥ {IOU_RATIO_TARGET}", met=None if ratio is None else ratio >= IOU_RATIO_TARGET))
+    return out
+
+
+def downstream_targets(result: dict[str, Any], *, classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Pooled F1 with 25 % ACGAN + SPADE data minus real-only, against the larger of the two
+    standard deviations across seeds (undefined with one seed)."""
+    summary = result["summary"].get("acgan-spade", {})
+    share = f"{DOWNSTREAM_TARGET_FRACTION:g}"
+    out = []
+    for name in classes:
+        what = f"{name} F1 (pooled): {100 * DOWNSTREAM_TARGET_FRACTION:g} % ACGAN + SPADE minus real only"
+        by_share = summary.get(name, {})
+        if share not in by_share or "0" not in by_share:
+            out.append(_target(f"downstream_{name}", what=what, measured=f"not measured (no {share} or 0 share run)",
+                               wanted="> one sd across seeds", met=None))
+            continue
+        base, mixed = by_share["0"]["pooled"]["f1"], by_share[share]["pooled"]["f1"]
+        if None in (base["mean"], mixed["mean"], base["sd"], mixed["sd"]):
+            out.append(_target(f"downstream_{name}", what=what, measured=f"{_f(mixed['mean'])} − {_f(base['mean'])}; "
+                               "undefined spread (needs ≥ 2 seeds and defined F1)", wanted="> one sd across seeds",
+                               met=None))
+            continue
+        sd, gain = max(base["sd"], mixed["sd"]), mixed["mean"] - base["mean"]
+        out.append(_target(f"downstream_{name}", what=what, measured=f"{mixed['mean']:.3f} − {base['mean']:.3f} = "
+                           f"{gain:+.3f} (larger sd {sd:.3f})", wanted="> one sd across seeds", met=gain > sd))
+    return out
+
+
+def targets(report: dict[str, Any], *, classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The project's targets for the stages run so far."""
+    out = []
+    if "labels" in report:
+        out += label_targets(report["labels"])
+    if "renders" in report:
+        out += render_targets(report["renders"])
+    if "downstream" in report:
+        out += downstream_targets(report["downstream"], classes=classes)
+    return out
+
+
+# --- markdown -------------------------------------------------------------------------------------
+
+
+def _ms(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "–"
+    return _f(stats["mean"]) if stats["sd"] is None else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    mark = {True: "met", False: "**missed**", None: "not measured"}
+    lines = ["| target | measured | wanted | |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['wanted']} | {mark[t['met']]} |" for t in rows]
+    return "\n".join(lines)
+
+
+def label_section(r: dict[str, Any]) -> list[str]:
+    return ["## 1. Label maps (ACGAN)", "",
+            (f"{r['maps_per_grade']} generated maps per grade at {r['resolution']}² against the real maps of "
+             f"`{r['data']}`, judged by `{r['classifier']}`. Lesion pixel fractions are means over maps; W1 is "
+             "the Wasserstein-1 distance between the per-map fractions; diversity is the mean share of pixels "
+             "on which two maps of one grade differ; – where undefined (a grade without real maps)."), "",
+            evaluate_labels.markdown(r), "",
+            "![lesion statistics per grade](lesions.png)", "", "![generated maps and renders](samples.png)", ""]
+
+
+def render_section(r: dict[str, Any]) -> list[str]:
+    seg = r["segmentation"]
+    note = f" SPADE was trained at {r['spade_resolution']}²." if r["spade_resolution"] != r["resolution"] else ""
+    lines = ["## 2. Renders (SPADE)", "",
+             (f"{r['count']} held-out pairs at {r['resolution']}². The U-Net `{r['segmenter']}` (trained on real "
+              "photos) segments each real photo and the render of its label map; IoU and F1 are pooled over all "
+              f"pixels against the label map (SPADE's mIoU protocol).{note}"), "",
+             "| class | IoU real | IoU render | render / real | F1 real | F1 render |", "|---|---|---|---|---|---|"]
+    real, render = seg["real"]["pooled"], seg["render"]["pooled"]
+    for name in r["segmenter_classes"]:
+        lines.append(f"| {name} | {_f(real['iou'][name])} | {_f(render['iou'][name])} | "
+                     f"{_f(_ratio(render['iou'][name], real['iou'][name]), 2)} | {_f(real['f1'][name])} | "
+                     f"{_f(render['f1'][name])} |")
+    lines += ["", "![IoU on renders and real photos](render_iou.png)", "",
+              "Renders against the real photos (L1 in 8-bit units, lower is better; SSIM, higher is better):", "",
+              "| style code | L1 | SSIM |", "|---|---|---|"]
+    names = {"seeded": "seeded N(0, I)", "photo": "the real photo's own (encoder)",
+             "flat": "– (each class painted its mean colour: a reference, not a model)"}
+    for mode, m in r["photo"].items():
+        lines.append(f"| {names.get(mode, mode)} | {_f(m['l1'], 2)} ± {_f(m['l1_std'], 2)} | "
+                     f"{_f(m['ssim'])} ± {_f(m['ssim_std'])} |")
+    return lines + [""]
+
+
+def downstream_rows(summary: dict[str, Any], *, name: str, fractions: tuple[float, ...]
+                    ) -> list[tuple[str, float, dict[str, Any]]]:
+    """(source label, share, stats) rows: the real-only runs once, then each source per share."""
+    first = next(iter(summary))
+    rows = [("real only", 0.0, summary[first][name]["0"])]
+    for f in fractions:
+        if f > 0:
+            rows += [(SOURCES[s], f, summary[s][name][f"{f:g}"]) for s in summary if f"{f:g}" in summary[s][name]]
+    return rows
+
+
+def downstream_section(r: dict[str, Any], *, data: str, donors: int, seeds: int, classes: tuple[str, ...],
+                       fractions: tuple[float, ...]) -> list[str]:
+    run = r["run_config"] or {}
+    lines = ["## 3. Downstream: U-Net with real + synthetic training data", "",
+             (f"{r['real_train']} real training pairs (stratified by grade) and {r['test']} test pairs from "
+              f"`{data}`; synthetic pools of {r['pool']} pairs each: ACGAN + SPADE samples, and the "
+              f"copy-paste baseline (lesions of {donors} same-grade real training pairs pasted onto a real "
+              f"one). Every U-Net: preset `{run.get('preset')}`, {run.get('steps') or 'the preset’s'} steps, "
+              f"{seeds} seeds; mean ± sample sd over seeds. The synthetic share is of the training set "
+              "(25 % = one synthetic pair per three real)."), ""]
+    for name in classes:
+        lines += [f"### {name}", "", ("| training data | synthetic share | F1 (pooled) | F1 (per image) | "
+                                      "precision (pooled) | recall (pooled) |"), "|---|---|---|---|---|---|"]
+        for label, f, stats in downstream_rows(r["summary"], name=name, fractions=fractions):
+            p = stats["pooled"]
+            lines.append(f"| {label} | {100 * f:g} % | {_ms(p['f1'])} | {_ms(stats['per_image']['f1'])} | "
+                         f"{_ms(p['precision'])} | {_ms(p['recall'])} |")
+        lines += [""]
+    return lines + ["![downstream F1](downstream.png)", ""]
+
+
+def markdown(report: dict[str, Any], *, checkpoints: str, data: str, donors: int, seeds: int,
+             classes: tuple[str, ...], fractions: tuple[float, ...]) -> str:
+    hashes = ", ".join(f"{k} `{v}`" for k, v in report["settings"]["checkpoint_hashes"].items())
+    info = report["data"]
+    lines = ["# Fundus Studio quality report", "",
+             (f"Checkpoints `{checkpoints}` ({hashes}); held-out real data `{data}` ({info['created_by']}, "
+              f"{info['count']} pairs at {info['size']}²)."), ""]
+    if info["created_by"] == "fundus-studio phantom":
+        lines += ["**Measured on procedural phantoms, not on photographs of eyes.**", ""]
+    lines += ["## Targets", "", targets_table(report["targets"]), ""]
+    if "labels" in report:
+        lines += label_section(report["labels"])
+    if "renders" in report:
+        lines += render_section(report["renders"])
+    if "downstream" in report:
+        lines += downstream_section(report["downstream"], data=data, donors=donors, seeds=seeds, classes=classes,
+                                    fractions=fractions)
+    lines += ["---", f"Made by `fundus-studio evaluate`; this run: `{report['command']}`."]
+    return "\n".join(lines) + "\n"
