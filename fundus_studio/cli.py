@@ -9,6 +9,7 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -160,7 +161,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             unet_preset=args.unet_preset, unet_steps=args.unet_steps, threads=args.threads)
     except (ValueError, KeyError) as err:
         args.parser.error(str(err))
-    path = run(cfg, command="fundus-studio " + " ".join(args.argv))
+    path = run(cfg, command=shlex.join(["fundus-studio", *args.argv]))
     print(path.read_text())
     print(f"wrote report {path}")
     return 0

@@ -249,6 +249,19 @@ def test_evaluate_names_a_missing_checkpoint_before_any_work(checkpoints: Path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluate_names_a_corrupt_checkpoint_in_one_line(checkpoints: Path, phantoms: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "ck"
+    broken.mkdir()
+    for f in checkpoints.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "grade_classifier.safetensors").write_bytes(b"not a safetensors file")
+    assert cli.main(_args(broken, phantoms, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "grade_classifier.safetensors" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--stages", "labels,nonsense"], "stages must be some of"),
     (["--fractions", "0.25,0.5"], "fractions must include 0"),
