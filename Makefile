@@ -40,7 +40,7 @@ bench: install
 checkpoints: install
 	PY=$(PY) scripts/make_checkpoints.sh
 
-# The quality report of the checkpoints on 500 held-out phantoms (about 45 minutes on 2 CPU cores);
+# The quality report of the checkpoints on 500 held-out phantoms (about 35 minutes on 2 CPU cores);
 # re-running resumes it. REPORT_DIR must not hold a report of other checkpoints or settings.
 REPORT_DIR ?= reports/phantoms
 report: install
