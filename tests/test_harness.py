@@ -198,3 +198,12 @@ def test_steps_loop_saves_and_resumes(tmp_path: Path) -> None:
     assert run.resume(state, require=True) == 5
     assert list(run.steps(state, total=7, snapshot_every=100)) == [6, 7]
     run.close()
+
+
+def test_pairs_subset_keeps_the_order_of_the_index() -> None:
+    images = torch.arange(4).view(4, 1, 1, 1).expand(4, 2, 2, 3).to(torch.uint8)
+    pairs = harness.Pairs(images, torch.zeros(4, 2, 2, dtype=torch.uint8), torch.arange(4), ("a", "b", "c", "d"),
+                          {"dataset": "x", "count": 4})
+    sub = pairs.subset([3, 1])
+    assert sub.ids == ("d", "b") and sub.grades.tolist() == [3, 1] and sub.images[:, 0, 0, 0].tolist() == [3, 1]
+    assert sub.description == {"dataset": "x", "count": 2} and pairs.description["count"] == 4

@@ -189,12 +189,6 @@ def choose_synthetic(pool: int, *, n_real: int, fraction: float, seed: int,
     return np.sort(perm[:n])
 
 
-def take(pairs: harness.Pairs, index: np.ndarray) -> harness.Pairs:
-    idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
-    return harness.Pairs(pairs.images[idx], pairs.maps[idx], pairs.grades[idx],
-                         tuple(pairs.ids[i] for i in idx.tolist()), dict(pairs.description, count=len(idx)))
-
-
 def concat(parts: list[harness.Pairs]) -> harness.Pairs:
     return harness.Pairs(torch.cat([p.images for p in parts]), torch.cat([p.maps for p in parts]),
                          torch.cat([p.grades for p in parts]), tuple(i for p in parts for i in p.ids),
@@ -345,13 +339,13 @@ def train(cfg: TrainConfig) -> Path:
     if len(train_idx) == 0:
         raise DatasetError(f"{', '.join(map(str, cfg.data))}: no real samples left for training after holding out "
                            f"{cfg.val_fraction:g}")
-    val = take(real, val_idx) if len(val_idx) else None
-    parts, n_syn = [take(real, train_idx)], 0
+    val = real.subset(val_idx) if len(val_idx) else None
+    parts, n_syn = [real.subset(train_idx)], 0
     if cfg.synthetic is not None and cfg.synthetic_fraction > 0:
         pool = harness.load_pairs(cfg.synthetic, resolution=cfg.resolution, downsample=cfg.downsample)
         chosen = choose_synthetic(len(pool), n_real=len(train_idx), fraction=cfg.synthetic_fraction, seed=cfg.seed,
                                   where=str(cfg.synthetic))
-        parts.append(take(pool, chosen))
+        parts.append(pool.subset(chosen))
         n_syn = len(chosen)
     data = concat(parts)
     weight = pos_weights(data.maps, cfg.model.classes, cap=cfg.pos_weight_max).to(dev)

@@ -108,6 +108,12 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, index: np.ndarray | torch.Tensor | list[int]) -> Pairs:
+        """The pairs at ``index``, in that order."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return Pairs(self.images[idx], self.maps[idx], self.grades[idx], tuple(self.ids[i] for i in idx.tolist()),
+                     dict(self.description, count=len(idx)))
+
     def batch(self, index: torch.Tensor, *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(photos (B, 3, R, R) float in [-1, 1], one-hot maps (B, C, R, R)) on ``device``."""
         img = self.images[index].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
