@@ -99,14 +99,22 @@ def class_mean_baseline(pairs: harness.Pairs) -> dict[str, dict[str, float]]:
                      "ssim": float(arr[:, 1].mean()), "ssim_std": float(arr[:, 1].std())}}
 
 
-def evaluate(renderer: Renderer, pairs: harness.Pairs, *, seed: int) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation of L1 and SSIM per style mode ("seeded", and "photo" with an encoder)."""
+def render_seeded(renderer: Renderer, pairs: harness.Pairs, *, seed: int) -> np.ndarray:
+    """``(N, R, R, 3)`` uint8: pair i's label map rendered with the style code of seed ``seed + i``."""
+    return np.stack([renderer.render(pairs.maps[i].numpy(), seed=seed + i) for i in range(len(pairs))])
+
+
+def evaluate(renderer: Renderer, pairs: harness.Pairs, *, seed: int, seeded: np.ndarray | None = None
+             ) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation of L1 and SSIM per style mode ("seeded", and "photo" with an encoder).
+    ``seeded``: the pairs' :func:`render_seeded` renders when the caller already has them."""
+    renders = render_seeded(renderer, pairs, seed=seed) if seeded is None else seeded
     scores: dict[str, list[tuple[float, float]]] = {"seeded": []}
     if renderer.encoder is not None:
         scores["photo"] = []
     for i in range(len(pairs)):
         photo, label = pairs.images[i].numpy(), pairs.maps[i].numpy()
-        scores["seeded"].append(photo_metrics(renderer.render(label, seed=seed + i), photo))
+        scores["seeded"].append(photo_metrics(renders[i], photo))
         if "photo" in scores:
             scores["photo"].append(photo_metrics(renderer.render(label, seed=seed + i, style=photo), photo))
     out = {}
@@ -118,20 +126,18 @@ def evaluate(renderer: Renderer, pairs: harness.Pairs, *, seed: int) -> dict[str
 
 
 @torch.inference_mode()
-def segmentation_fidelity(renderer: Renderer, unet: UNet, pairs: harness.Pairs, *, seed: int, batch: int = 8
+def segmentation_fidelity(unet: UNet, pairs: harness.Pairs, *, renders: np.ndarray, batch: int = 8
                           ) -> dict[str, dict[str, Any]]:
-    """SPADE's mIoU protocol: a U-Net trained on real photos segments (a) the real photos and (b) the
-    renders of their label maps (seed ``seed + i`` for pair i, as :func:`evaluate`); both are scored
-    against the label maps. → ``{"real": metrics, "render": metrics}`` (``fundus_studio.metrics``
-    results over the U-Net's classes; predictions outside the FOV dropped, as in
-    ``training.evaluate_segmentation``). A renderer as good as the real photos for the U-Net scores
-    the same IoU on both."""
+    """SPADE's mIoU protocol: a U-Net trained on real photos segments (a) the real photos and (b)
+    ``renders`` ``(N, R, R, 3)``, the renders of their label maps; both are scored against the label
+    maps. → ``{"real": metrics, "render": metrics}`` (``fundus_studio.metrics`` results over the
+    U-Net's classes; predictions outside the FOV dropped, as in ``training.evaluate_segmentation``).
+    A renderer as good as the real photos for the U-Net scores the same IoU on both."""
     unet = unet.eval()
     scored = {name: SegmentationMetrics(classes=unet.config.classes) for name in ("real", "render")}
     for start in range(0, len(pairs), batch):
         maps = pairs.maps[start:start + batch]
-        photos = {"real": pairs.images[start:start + batch].numpy(),
-                  "render": np.stack([renderer.render(m.numpy(), seed=seed + start + i) for i, m in enumerate(maps)])}
+        photos = {"real": pairs.images[start:start + batch].numpy(), "render": renders[start:start + batch]}
         for name, images in photos.items():
             x = photo_to_tensor(images).contiguous(memory_format=torch.channels_last)
             score_batch(scored[name], torch.sigmoid(unet(x).float()), maps)
@@ -159,8 +165,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError(f"{cfg.checkpoint}: no training resolution recorded; pass --resolution")
     pairs = harness.load_pairs(cfg.data, resolution=resolution, downsample=trained_data.get("downsample", "nearest"))
     pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.count]
-    pairs = harness.Pairs(pairs.images[pick], pairs.maps[pick], pairs.grades[pick],
-                          tuple(pairs.ids[i] for i in pick.tolist()), pairs.description)
+    pairs = pairs.subset(pick)
     results = {"trained": evaluate(renderer, pairs, seed=cfg.seed)}
     if cfg.untrained:
         results["untrained"] = evaluate(untrained_like(renderer, seed=cfg.seed), pairs, seed=cfg.seed)

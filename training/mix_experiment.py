@@ -93,7 +93,6 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     cfg = ExperimentConfig(real=tuple(args.real), synthetic=args.synthetic, test=args.test, out=args.out,
                            classes=tuple(args.classes), fractions=fractions, seeds=args.seeds, preset=args.preset,
                            steps=args.steps, threads=args.threads, device=args.device, overrides=tuple(args.overrides))
-    unet.parse_args(trainer_args(cfg, fractions[-1], 0))  # the trainer's own checks, before hours of training
     return cfg
 
 
@@ -191,6 +190,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 def run(cfg: ExperimentConfig) -> Path:
     """Train and score every (fraction, seed), then write OUT/results.{md,json,png}; return results.md."""
+    unet.parse_args(trainer_args(cfg, max(cfg.fractions), 0))  # the trainer's own checks, before hours of training
     cfg.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for fraction in cfg.fractions:

@@ -42,7 +42,6 @@ from fundus_studio.dataset import MANIFEST_FILE, DatasetWriter, Sample, StudioDa
 from fundus_studio.errors import CheckpointError, DatasetError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.unet import UNet
-from fundus_studio.pipeline import Renderer
 from fundus_studio.studio import Studio, pair_seeds
 from training import (
     copy_paste,
@@ -58,7 +57,7 @@ from training.report_text import SOURCES, markdown, targets
 
 STAGES: tuple[str, ...] = ("labels", "renders", "downstream")
 SETTINGS_FILE = "config.json"
-MODELS: tuple[str, ...] = ("acgan", "spade", "grade_classifier", "unet")  # the checkpoints a report measures
+REQUIRED: tuple[str, ...] = ("acgan", "spade", "grade_classifier")  # and a U-Net: the folder's or --segmenter
 SAMPLES_PER_GRADE = 4  # columns of the samples figure
 
 
@@ -111,14 +110,6 @@ class ReportConfig:
 # --- settings -------------------------------------------------------------------------------------
 
 
-def checkpoint_path(cfg: ReportConfig, name: str) -> Path:
-    studio = Studio.from_checkpoints(cfg.checkpoints)
-    if not studio.has(name):
-        raise CheckpointError(f"{studio.path(name)}: missing; the report needs every model of the folder "
-                              "(run `make checkpoints` or pass another --checkpoints)")
-    return studio.path(name)
-
-
 def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     """Write OUT/config.json, or check a re-run against it; return the settings."""
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "stages", "threads")}
@@ -157,45 +148,44 @@ def _write(path: Path, result: dict[str, Any]) -> dict[str, Any]:
 # --- stage 1: label maps --------------------------------------------------------------------------
 
 
-def label_stage(cfg: ReportConfig) -> dict[str, Any]:
+def label_stage(cfg: ReportConfig, studio: Studio) -> dict[str, Any]:
     return evaluate_labels.evaluate(evaluate_labels.EvalConfig(
-        checkpoint=checkpoint_path(cfg, "acgan"), data=cfg.data,
-        classifier=checkpoint_path(cfg, "grade_classifier"), per_grade=cfg.per_grade, seed=cfg.seed))
+        checkpoint=studio.path("acgan"), data=cfg.data, classifier=studio.path("grade_classifier"),
+        per_grade=cfg.per_grade, seed=cfg.seed))
 
 
 # --- stage 2: renders -----------------------------------------------------------------------------
 
 
-def render_stage(cfg: ReportConfig) -> dict[str, Any]:
-    segmenter = cfg.segmenter or checkpoint_path(cfg, "unet")
-    unet_model = load_model(segmenter, expected=UNet)
+def render_stage(cfg: ReportConfig, studio: Studio, *, segmenter: Path, unet_model: UNet) -> dict[str, Any]:
+    """``unet_model``: the U-Net that judges the renders, loaded from ``segmenter``."""
     trained = read_info(segmenter).get("data") or {}
     side = int(trained.get("resolution") or 0)
     if side < 1:
         raise CheckpointError(f"{segmenter}: no training resolution recorded; the renders need the segmenter's side")
-    renderer = Renderer.from_checkpoint(checkpoint_path(cfg, "spade"))
+    renderer = studio.model("spade")
     # Truth maps reach the segmenter's side the way its training maps did.
     pairs = harness.load_pairs(cfg.data, resolution=side, downsample=trained.get("downsample", "area"))
-    pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.render_count]
-    pairs = harness.Pairs(pairs.images[pick], pairs.maps[pick], pairs.grades[pick],
-                          tuple(pairs.ids[i] for i in pick.tolist()), pairs.description)
-    fidelity = evaluate_renders.segmentation_fidelity(renderer, unet_model, pairs, seed=cfg.seed)
-    photo = {**evaluate_renders.evaluate(renderer, pairs, seed=cfg.seed),
+    pairs = pairs.subset(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.render_count])
+    renders = evaluate_renders.render_seeded(renderer, pairs, seed=cfg.seed)  # rendered once, scored twice
+    fidelity = evaluate_renders.segmentation_fidelity(unet_model, pairs, renders=renders)
+    photo = {**evaluate_renders.evaluate(renderer, pairs, seed=cfg.seed, seeded=renders),
              **evaluate_renders.class_mean_baseline(pairs)}
-    spade_side = (read_info(checkpoint_path(cfg, "spade")).get("data") or {}).get("resolution")
     return {"segmenter": str(segmenter), "segmenter_classes": [labels.NAMES[k] for k in unet_model.config.classes],
-            "resolution": side, "spade_resolution": spade_side, "count": len(pairs), "ids": list(pairs.ids),
-            "segmentation": fidelity, "photo": photo}
+            "resolution": side, "spade_resolution": _trained_side(studio, "spade"), "count": len(pairs),
+            "ids": list(pairs.ids), "segmentation": fidelity, "photo": photo}
 
 
-def sample_grid(cfg: ReportConfig) -> tuple[np.ndarray, np.ndarray]:
+def _trained_side(studio: Studio, name: str) -> int | None:
+    side = (read_info(studio.path(name)).get("data") or {}).get("resolution")
+    return side if isinstance(side, int) else None
+
+
+def sample_grid(cfg: ReportConfig, studio: Studio) -> tuple[np.ndarray, np.ndarray]:
     """(maps (G, N, S, S), renders (G, N, S, S, 3)): the first N samples of each grade of
     ``fundus-studio sample --seed SEED`` (sample i has grade i mod G), at the renderer's training side
     (the data's side when the checkpoint does not record it)."""
-    studio = Studio.from_checkpoints(cfg.checkpoints)
-    side = (read_info(checkpoint_path(cfg, "spade")).get("data") or {}).get("resolution")
-    if not isinstance(side, int):
-        side = StudioDataset.open(cfg.data).size
+    side = _trained_side(studio, "spade") or StudioDataset.open(cfg.data).size
     maps, renders = [], []
     for g in range(labels.NUM_GRADES):
         seeds = [pair_seeds(cfg.seed, g + labels.NUM_GRADES * i) for i in range(SAMPLES_PER_GRADE)]
@@ -268,7 +258,6 @@ def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
             real=(real_dir,), synthetic=pool, test=test_dir, out=cfg.out / "downstream" / source,
             classes=cfg.classes, fractions=fractions, seeds=cfg.seeds, preset=cfg.unet_preset,
             steps=cfg.unet_steps, threads=cfg.threads)
-        unet.parse_args(mix_experiment.trainer_args(exp, fractions[-1], 0))  # the trainer's checks first
         mix_experiment.run(exp)
         experiments[source] = json.loads((exp.out / "results.json").read_text())
     return {"real_train": len(train), "test": len(test), "pool": cfg.pool, "test_data": str(test_dir),
@@ -286,18 +275,19 @@ def run(cfg: ReportConfig, *, command: str = "") -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     studio = Studio.from_checkpoints(cfg.checkpoints)
-    for name in MODELS:  # every model loads (or its one-line error names it) before any hour of work
-        if name != "unet" or cfg.segmenter is None:
-            checkpoint_path(cfg, name)
-            studio.model(name)
-    if cfg.segmenter is not None:
-        load_model(cfg.segmenter, expected=UNet)
+    for name in REQUIRED:  # every model loads (or its one-line error names it) before any hour of work
+        studio.model(name)
+    segmenter = cfg.segmenter or studio.path("unet")
+    judge = load_model(segmenter, expected=UNet) if cfg.segmenter else studio.model("unet").unet
     ds = StudioDataset.open(cfg.data)
     settings = pin_settings(cfg)
     report: dict[str, Any] = {"settings": settings, "command": command,
                               "data": {"path": str(cfg.data), "created_by": ds.info.get("created_by"),
                                        "count": len(ds), "size": ds.size}}
-    stage_fns = {"labels": label_stage, "renders": render_stage}
+    stage_fns: dict[str, Callable[[], dict[str, Any]]] = {
+        "labels": lambda: label_stage(cfg, studio),
+        "renders": lambda: render_stage(cfg, studio, segmenter=segmenter, unet_model=judge),
+    }
     for stage in STAGES:
         path = cfg.out / f"{stage}.json"
         if stage == "downstream" and stage in cfg.stages:
@@ -305,13 +295,13 @@ def run(cfg: ReportConfig, *, command: str = "") -> Path:
             report[stage] = _write(path, finite(downstream_stage(cfg)))  # the experiment resumes by itself
         elif stage in cfg.stages:
             print(f"fundus-studio evaluate: {stage}", file=sys.stderr)
-            report[stage] = _cached(path, lambda fn=stage_fns[stage]: fn(cfg))
+            report[stage] = _cached(path, stage_fns[stage])
         elif path.is_file():  # an earlier run's stage stays in the report
             report[stage] = json.loads(path.read_text())
     report["targets"] = targets(report, classes=cfg.classes)
     if "labels" in report:
         report_plots.lesions(report["labels"], cfg.out / "lesions.png")
-        report_plots.samples(*sample_grid(cfg), path=cfg.out / "samples.png")
+        report_plots.samples(*sample_grid(cfg, studio), path=cfg.out / "samples.png")
     if "renders" in report:
         report_plots.render_iou(report["renders"], cfg.out / "render_iou.png")
     if "downstream" in report:
