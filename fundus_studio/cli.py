@@ -159,7 +159,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             real_train=args.real_train, test_count=args.test_count, pool=args.pool, synthetic_size=args.synthetic_size,
             donors=args.donors, classes=tuple(args.classes), fractions=args.fractions, seeds=args.seeds,
             unet_preset=args.unet_preset, unet_steps=args.unet_steps, threads=args.threads)
-    except (ValueError, KeyError) as err:
+    except ValueError as err:
         args.parser.error(str(err))
     path = run(cfg, command=shlex.join(["fundus-studio", *args.argv]))
     print(path.read_text())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from fundus_studio.imageio import atomic_write
 from fundus_studio.models.grade_classifier import GradeClassifier
 from fundus_studio.pipeline import LabelSampler, LabelSamplingConfig
 from training import harness
+from training.evaluate_segmentation import number
 from training.grade_classifier import predict
 
 CLASSIFIER_NAME = "grade_classifier.safetensors"
@@ -157,29 +157,24 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    """A number, or "–" where it is undefined (NaN, or None once a report went through JSON)."""
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
 def markdown(report: dict[str, Any]) -> str:
     f = report["grade_fidelity"]
     lines = ["| grade fidelity | accuracy | QW kappa | maps |", "|---|---|---|---|"]
     for name, v in f.items():
-        lines.append(f"| {name} | {_fmt(v['accuracy'], 3)} | {_fmt(v['kappa'], 3)} | {v['count']} |")
+        lines.append(f"| {name} | {number(v['accuracy'], 3)} | {number(v['kappa'], 3)} | {v['count']} |")
     lines.append(f"\nchance accuracy {report['chance_accuracy']:.2f}\n")
     lines += ["| grade | lesion px gen | lesion px real | diversity gen | diversity real | "
               + " | ".join(f"{labels.CLASSES[k].short} frac gen/real (W1) | {labels.CLASSES[k].short} comps gen/real"
                            for k in labels.LESIONS) + " |",
               "|" + "---|" * (5 + 2 * len(labels.LESIONS))]
     for g, v in report["per_grade"].items():
-        cells = [g, _fmt(v["lesion_fraction_generated"], 4), _fmt(v["lesion_fraction_real"], 4),
-                 _fmt(v["diversity_generated"], 3), _fmt(v["diversity_real"], 3)]
+        cells = [g, number(v["lesion_fraction_generated"], 4), number(v["lesion_fraction_real"], 4),
+                 number(v["diversity_generated"], 3), number(v["diversity_real"], 3)]
         for k in labels.LESIONS:
             c = v["classes"][labels.NAMES[k]]
-            cells.append(f"{_fmt(c['generated_fraction'], 4)}/{_fmt(c.get('real_fraction'), 4)} "
-                         f"({_fmt(c.get('w1_fraction'), 4)})")
-            cells.append(f"{_fmt(c['generated_components'], 1)}/{_fmt(c.get('real_components'), 1)}")
+            cells.append(f"{number(c['generated_fraction'], 4)}/{number(c.get('real_fraction'), 4)} "
+                         f"({number(c.get('w1_fraction'), 4)})")
+            cells.append(f"{number(c['generated_components'], 1)}/{number(c.get('real_components'), 1)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

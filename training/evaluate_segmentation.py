@@ -86,10 +86,14 @@ def evaluate(unet: UNet, data: str | os.PathLike[str], *, size: int, batch: int 
     return metrics.compute()
 
 
+def number(value: float | None, digits: int = 3) -> str:
+    """A figure for a markdown table, or "–" where it is undefined (NaN, or None once it went through JSON)."""
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
 def _fmt(value: float | None, count: int | None = None) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    return f"{value:.3f}" if count is None else f"{value:.3f} (n={count})"
+    text = number(value)
+    return text if count is None or text == "–" else f"{text} (n={count})"
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -8,11 +8,11 @@ None, rather than left out.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from fundus_studio import labels
 from training import evaluate_labels
+from training.evaluate_segmentation import number
 
 SOURCES: dict[str, str] = {"acgan-spade": "ACGAN + SPADE", "copy-paste": "copy-paste"}
 # The project's targets (issue 6): generated/real grade accuracy, kappa, render/real IoU on these classes,
@@ -22,10 +22,6 @@ KAPPA_TARGET = 0.7
 IOU_RATIO_TARGET = 0.8
 IOU_TARGET_CLASSES: tuple[int, ...] = (labels.OPTIC_DISC, labels.VESSEL, labels.HAEMORRHAGE, labels.HARD_EXUDATE)
 DOWNSTREAM_TARGET_FRACTION = 0.25
-
-
-def _f(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -43,12 +39,12 @@ def label_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     gen = result["grade_fidelity"]["generated"]
     real = result["grade_fidelity"].get("heldout_real")
     ratio = _ratio(gen["accuracy"], real["accuracy"]) if real else None
-    measured = (f"{_f(gen['accuracy'])} / {_f(real['accuracy'])} = {_f(ratio, 2)}" if real
-                else f"{_f(gen['accuracy'])}; no real maps unseen by the classifier to compare with")
+    measured = (f"{number(gen['accuracy'])} / {number(real['accuracy'])} = {number(ratio, 2)}" if real
+                else f"{number(gen['accuracy'])}; no real maps unseen by the classifier to compare with")
     return [
         _target("grade_accuracy", what="grade accuracy on generated maps / on real maps", measured=measured,
                 wanted=f"≥ {ACCURACY_RATIO_TARGET}", met=None if ratio is None else ratio >= ACCURACY_RATIO_TARGET),
-        _target("grade_kappa", what="quadratic-weighted kappa on generated maps", measured=_f(gen["kappa"]),
+        _target("grade_kappa", what="quadratic-weighted kappa on generated maps", measured=number(gen["kappa"]),
                 wanted=f"≥ {KAPPA_TARGET}", met=None if gen["kappa"] is None else gen["kappa"] >= KAPPA_TARGET),
     ]
 
@@ -64,7 +60,7 @@ def render_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         real, render = (result["segmentation"][s]["pooled"]["iou"][name] for s in ("real", "render"))
         ratio = _ratio(render, real)
-        out.append(_target(f"iou_{name}", what=what, measured=f"{_f(render)} / {_f(real)} = {_f(ratio, 2)}",
+        out.append(_target(f"iou_{name}", what=what, measured=f"{number(render)} / {number(real)} = {number(ratio, 2)}",
                            wanted=f"≥ {IOU_RATIO_TARGET}", met=None if ratio is None else ratio >= IOU_RATIO_TARGET))
     return out
 
@@ -84,7 +80,7 @@ def downstream_targets(result: dict[str, Any], *, classes: tuple[str, ...]) -> l
             continue
         base, mixed = by_share["0"]["pooled"]["f1"], by_share[share]["pooled"]["f1"]
         if None in (base["mean"], mixed["mean"], base["sd"], mixed["sd"]):
-            out.append(_target(f"downstream_{name}", what=what, measured=f"{_f(mixed['mean'])} − {_f(base['mean'])}; "
+            out.append(_target(f"downstream_{name}", what=what, measured=f"{number(mixed['mean'])} − {number(base['mean'])}; "
                                "undefined spread (needs ≥ 2 seeds and defined F1)", wanted="> one sd across seeds",
                                met=None))
             continue
@@ -112,7 +108,7 @@ def targets(report: dict[str, Any], *, classes: tuple[str, ...]) -> list[dict[st
 def _ms(stats: dict[str, Any]) -> str:
     if stats["mean"] is None:
         return "–"
-    return _f(stats["mean"]) if stats["sd"] is None else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
+    return number(stats["mean"]) if stats["sd"] is None else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
@@ -142,17 +138,17 @@ def render_section(r: dict[str, Any]) -> list[str]:
              "| class | IoU real | IoU render | render / real | F1 real | F1 render |", "|---|---|---|---|---|---|"]
     real, render = seg["real"]["pooled"], seg["render"]["pooled"]
     for name in r["segmenter_classes"]:
-        lines.append(f"| {name} | {_f(real['iou'][name])} | {_f(render['iou'][name])} | "
-                     f"{_f(_ratio(render['iou'][name], real['iou'][name]), 2)} | {_f(real['f1'][name])} | "
-                     f"{_f(render['f1'][name])} |")
+        lines.append(f"| {name} | {number(real['iou'][name])} | {number(render['iou'][name])} | "
+                     f"{number(_ratio(render['iou'][name], real['iou'][name]), 2)} | {number(real['f1'][name])} | "
+                     f"{number(render['f1'][name])} |")
     lines += ["", "![IoU on renders and real photos](render_iou.png)", "",
               "Renders against the real photos (L1 in 8-bit units, lower is better; SSIM, higher is better):", "",
               "| style code | L1 | SSIM |", "|---|---|---|"]
     names = {"seeded": "seeded N(0, I)", "photo": "the real photo's own (encoder)",
              "flat": "– (each class painted its mean colour: a reference, not a model)"}
     for mode, m in r["photo"].items():
-        lines.append(f"| {names.get(mode, mode)} | {_f(m['l1'], 2)} ± {_f(m['l1_std'], 2)} | "
-                     f"{_f(m['ssim'])} ± {_f(m['ssim_std'])} |")
+        lines.append(f"| {names.get(mode, mode)} | {number(m['l1'], 2)} ± {number(m['l1_std'], 2)} | "
+                     f"{number(m['ssim'])} ± {number(m['ssim_std'])} |")
     return lines + [""]
 
 
