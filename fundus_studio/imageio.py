@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from fundus_studio import labels
 from fundus_studio.errors import InputError
@@ -30,16 +30,37 @@ MAX_SIDE: int = 2048
 Image.MAX_IMAGE_PIXELS = 120_000_000
 # Truncated files must fail, never be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# EXIF tag 0x0112: how a viewer must turn the stored pixels to show them upright (1 = as stored).
+_ORIENTATION_TAG = 0x0112
+_ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down", 5: "mirrored and rotated 90°",
+                 6: "rotated 90° clockwise", 7: "mirrored and rotated 270°", 8: "rotated 90° counter-clockwise"}
 
 
-def _open(path: Path, *, max_side: int | None) -> Image.Image:
-    """Open, fully decode and (for huge images) shrink an image, or raise a one-line InputError."""
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1–8) an image declares; 1 when it declares none or nonsense."""
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not make the pixels unreadable
+        return 1
+    return value if value in _ORIENTATIONS else 1
+
+
+def _open(path: Path, *, max_side: int | None, name: str | None = None, upright: bool = True) -> Image.Image:
+    """Open, fully decode and (for huge images) shrink an image, or raise a one-line InputError.
+
+    ``name`` is how messages call the file (default: its path; the app passes the uploaded file's
+    original name so that no server path reaches the user). ``upright=True`` (photos) applies the
+    EXIF orientation, as phone cameras and smartphone fundus adapters store their pictures turned;
+    ``upright=False`` (label maps, masks) refuses a file that declares one, since turning a map
+    silently would misplace it against its photo and keeping it as stored would show it turned.
+    """
+    name = str(path) if name is None else name
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{name}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
+        raise InputError(f"{name}: is a folder, not an image")
     if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file")
+        raise InputError(f"{name}: empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -49,18 +70,29 @@ def _open(path: Path, *, max_side: int | None) -> Image.Image:
                 img.draft("RGB", (max_side, max_side))
             img.load()
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image file (unknown or unsupported format)") from None
+        raise InputError(f"{name}: not an image file (unknown or unsupported format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: image too large to decode safely") from None
+        raise InputError(f"{name}: image too large to decode safely") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: unreadable or truncated image ({err})") from None
+        raise InputError(f"{name}: unreadable or truncated image ({_without_path(str(err), path, name)})") from None
     if min(img.size) < MIN_SIDE:
-        raise InputError(f"{path}: image is {img.size[0]}×{img.size[1]} px; at least {MIN_SIDE} px per side is needed")
+        raise InputError(f"{name}: image is {img.size[0]}×{img.size[1]} px; at least {MIN_SIDE} px per side is needed")
+    orientation = _orientation(img)
+    if orientation != 1 and not upright:
+        raise InputError(f"{name}: carries an EXIF orientation tag ({orientation}: {_ORIENTATIONS[orientation]}); "
+                         "label maps are read pixel for pixel and never turned: save the map upright without the tag")
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
     if max_side is not None and max(img.size) > max_side:
         scale = max_side / max(img.size)
         size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
         img = img.resize(size, Image.Resampling.BOX if img.mode not in ("P", "1") else Image.Resampling.NEAREST)
     return img
+
+
+def _without_path(message: str, path: Path, name: str) -> str:
+    """A decoder's message with the file's path replaced by the name the user knows it by."""
+    return message.replace(str(path), name) if str(path) != name else message
 
 
 def _to_uint8(img: Image.Image) -> np.ndarray:
@@ -89,21 +121,23 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey[..., :3]
 
 
-def read_image(path: str | os.PathLike[str], *, max_side: int | None = MAX_SIDE) -> np.ndarray:
-    """Read a photo as (H, W, 3) uint8 RGB, converting 16-bit, greyscale, palette and RGBA images.
+def read_image(path: str | os.PathLike[str], *, max_side: int | None = MAX_SIDE, name: str | None = None) -> np.ndarray:
+    """Read a photo as (H, W, 3) uint8 RGB, upright, converting 16-bit, greyscale, palette and RGBA images.
 
-    Raises :class:`InputError` (naming the file) for a missing, empty, non-image or truncated file
-    or one under ``MIN_SIDE`` pixels.
+    The EXIF orientation is applied (a photo stored turned, tag 6, comes back upright). Raises
+    :class:`InputError` naming the file (``name``, default its path) for a missing, empty,
+    non-image or truncated file or one under ``MIN_SIDE`` pixels.
     """
-    return to_rgb(_open(Path(path), max_side=max_side))
+    return to_rgb(_open(Path(path), max_side=max_side, name=name))
 
 
-def read_mask(path: str | os.PathLike[str], *, threshold: int = 1) -> np.ndarray:
+def read_mask(path: str | os.PathLike[str], *, threshold: int = 1, name: str | None = None) -> np.ndarray:
     """Read a binary mask as (H, W) bool: maximum over channels ≥ ``threshold``.
 
-    Accepts RGB masks (lesion in one channel), 0/1 and 0/255 greyscale, 16-bit and palette files.
+    Accepts RGB masks (lesion in one channel), 0/1 and 0/255 greyscale, 16-bit and palette files;
+    refuses one with an EXIF orientation tag (see :func:`read_label_map`).
     """
-    img = _open(Path(path), max_side=None)
+    img = _open(Path(path), max_side=None, name=name, upright=False)
     if img.mode == "P":
         img = img.convert("RGB")
     arr = _to_uint8(img)
@@ -125,10 +159,15 @@ def label_map_from_image(img: Image.Image, *, nearest: bool = False, what: str =
     return labels.from_color(to_rgb(img), nearest=nearest, what=what)
 
 
-def read_label_map(path: str | os.PathLike[str], *, nearest: bool = False) -> np.ndarray:
-    """Read a label map file: our palette PNG, a raw-index greyscale PNG, or a colour image."""
+def read_label_map(path: str | os.PathLike[str], *, nearest: bool = False, name: str | None = None) -> np.ndarray:
+    """Read a label map file: our palette PNG, a raw-index greyscale PNG, or a colour image.
+
+    A map that declares an EXIF orientation other than "as stored" is refused with a message that
+    says so: maps are never turned silently.
+    """
     path = Path(path)
-    return label_map_from_image(_open(path, max_side=None), nearest=nearest, what=str(path))
+    name = str(path) if name is None else name
+    return label_map_from_image(_open(path, max_side=None, name=name, upright=False), nearest=nearest, what=name)
 
 
 def _has_taxonomy_palette(img: Image.Image) -> bool:

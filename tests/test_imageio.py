@@ -120,3 +120,80 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path) -> None:
             raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+# --- EXIF orientation -----------------------------------------------------------------------------
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def _upright_photo() -> np.ndarray:
+    """A (96, 128) photo with a bright "disc" near the top-left corner: where it lands shows the turn."""
+    img = np.full((96, 128, 3), 60, np.uint8)
+    img[8:24, 10:30] = 250
+    return img
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_photo_stored_turned_with_orientation_6_comes_back_upright(tmp_path, fmt: str) -> None:
+    upright = _upright_photo()
+    # Tag 6: the camera stored the picture turned 90° counter-clockwise; viewers turn it clockwise.
+    stored = np.ascontiguousarray(np.rot90(upright, 1))
+    path = tmp_path / f"phone.{fmt.lower()}"
+    Image.fromarray(stored).save(path, format=fmt, exif=_exif(6), quality=95)
+    img = imageio.read_image(path)
+    assert img.shape == upright.shape
+    assert np.abs(img.astype(int) - upright).mean() < 2  # JPEG: up to compression noise
+    assert img[16, 20].min() > 200  # the disc is at the top-left, not at the bottom
+
+
+@pytest.mark.parametrize("orientation,turn", [(3, lambda a: np.rot90(a, 2)), (8, lambda a: np.rot90(a, -1)),
+                                              (2, lambda a: a[:, ::-1])])
+def test_other_orientations_are_applied(tmp_path, orientation: int, turn) -> None:
+    upright = _upright_photo()
+    Image.fromarray(np.ascontiguousarray(turn(upright))).save(tmp_path / "p.png", exif=_exif(orientation))
+    assert np.array_equal(imageio.read_image(tmp_path / "p.png"), upright)
+
+
+def test_orientation_1_and_no_tag_read_as_stored(tmp_path) -> None:
+    upright = _upright_photo()
+    Image.fromarray(upright).save(tmp_path / "one.png", exif=_exif(1))
+    Image.fromarray(upright).save(tmp_path / "none.png")
+    assert np.array_equal(imageio.read_image(tmp_path / "one.png"), upright)
+    assert np.array_equal(imageio.read_image(tmp_path / "none.png"), upright)
+
+
+def test_label_map_with_orientation_tag_is_refused_not_turned(tmp_path) -> None:
+    idx = np.full((64, 96), labels.RETINA, np.uint8)
+    idx[4:10, 4:10] = labels.OPTIC_DISC
+    imageio.label_image(idx).save(tmp_path / "turned_map.png", exif=_exif(6))
+    with pytest.raises(InputError, match=r"turned_map\.png: carries an EXIF orientation tag \(6: rotated 90° "
+                                         r"clockwise\); label maps are read pixel for pixel and never turned"):
+        imageio.read_label_map(tmp_path / "turned_map.png")
+    Image.fromarray(idx * 20).save(tmp_path / "mask.png", exif=_exif(8))
+    with pytest.raises(InputError, match="never turned"):
+        imageio.read_mask(tmp_path / "mask.png")
+    imageio.label_image(idx).save(tmp_path / "upright_map.png", exif=_exif(1))
+    assert np.array_equal(imageio.read_label_map(tmp_path / "upright_map.png"), idx)
+
+
+# --- names in messages ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", [imageio.read_image, imageio.read_label_map, imageio.read_mask])
+def test_messages_use_the_name_given_instead_of_the_path(tmp_path, reader) -> None:
+    hidden = tmp_path / "3f9a0c" / "upload.png"
+    hidden.parent.mkdir()
+    hidden.write_text("not pixels\n" * 10)
+    with pytest.raises(InputError) as err:
+        reader(hidden, name="fundus.png")
+    assert str(err.value).startswith("fundus.png: not an image file") and str(tmp_path) not in str(err.value)
+    Image.fromarray(_photo(256, 256)).save(hidden)
+    hidden.write_bytes(hidden.read_bytes()[:300])  # truncated: the decoder's own message is kept, without the path
+    with pytest.raises(InputError) as err:
+        reader(hidden, name="fundus.png")
+    assert str(err.value).startswith("fundus.png: unreadable or truncated") and str(tmp_path) not in str(err.value)
