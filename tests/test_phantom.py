@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -14,7 +15,9 @@ from fundus_studio.cli import main
 from fundus_studio.dataset import StudioDataset
 from fundus_studio.errors import DatasetError, InputError
 from fundus_studio.phantom import (
+    LESION_KINDS,
     PhantomConfig,
+    draw_lesion,
     generate_label_map,
     generate_phantom,
     render_photo,
@@ -356,3 +359,61 @@ def test_cli_phantom_rejects_bad_arguments(tmp_path, capsys, argv: list[str]) ->
         main(["phantom", *[x for kv in base.items() for x in kv]])
     assert exc.value.code != 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+# Same seed, same bytes: SHA-256 prefixes of label maps and photos recorded before phantom.py became a
+# package. A change here changes every phantom dataset: bump GENERATOR_VERSION and re-record on purpose.
+# (cv2 or numpy releases that change their arithmetic could move these too; the pins say so at once.)
+PINNED: tuple[tuple[int, int, int, str, str], ...] = (
+    (0, 0, 64, "1e93288df7fd4fa5", "7b85355b54123426"),
+    (1, 1, 128, "8711f8b0eaf8c92d", "461f1fc5055fe7be"),
+    (2, 5, 128, "57e6b74b714bd207", "de14fe600fdbfbf3"),
+    (3, 7, 256, "be40ecc06ffae21c", "d2876520009e9dff"),
+    (4, 11, 128, "9123f562fa3805bf", "83a0dccacf67b3f4"),
+    (4, 3, 256, "fd48c347fb63d535", "1f7b9c3176a95084"),
+    (2, 12345678901, 96, "d82e2d46920d4def", "fac542698776c283"),
+    (3, 42, 512, "f26f514fb176622c", "6f4805e86c7ed474"),
+)
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("grade", "seed", "size", "label_sha", "photo_sha"), PINNED)
+def test_phantom_bytes_are_pinned(grade: int, seed: int, size: int, label_sha: str, photo_sha: str) -> None:
+    ph = generate_phantom(grade=grade, seed=seed, size=size)
+    assert (_sha(ph.label), _sha(ph.image)) == (label_sha, photo_sha)
+
+
+# --- lesion stamps ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(LESION_KINDS))
+def test_draw_lesion_is_seeded_local_and_pure(kind: str) -> None:
+    base = generate_label_map(grade=0, rng=np.random.default_rng(1), size=SMALL)
+    before = base.copy()
+    centre = (70.0, 60.0)
+    a = draw_lesion(base, kind, centre=centre, diameter=12.0, seed=3, angle=0.5)
+    b = draw_lesion(base, kind, centre=centre, diameter=12.0, seed=3, angle=0.5)
+    assert np.array_equal(base, before)  # the input is not modified
+    assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == base.shape
+    changed = a != base
+    assert changed.any() and set(np.unique(a[changed])) == {LESION_KINDS[kind]}
+    ys, xs = np.nonzero(changed)
+    assert np.hypot(xs - centre[0], ys - centre[1]).max() <= 12.0  # within the diameter (plus lobes)
+    if kind != "microaneurysm":  # a dot has no random shape
+        others = [draw_lesion(base, kind, centre=centre, diameter=12.0, seed=s, angle=0.5) for s in (4, 5)]
+        assert any(not np.array_equal(a, o) for o in others)
+
+
+def test_draw_lesion_stays_inside_the_field_of_view_and_validates() -> None:
+    base = generate_label_map(grade=0, rng=np.random.default_rng(2), size=SMALL)
+    out = draw_lesion(base, "blot_haemorrhage", centre=(2.0, 2.0), diameter=20.0, seed=0)
+    assert np.array_equal(out == labels.OUTSIDE, base == labels.OUTSIDE)
+    tiny = draw_lesion(base, "microaneurysm", centre=(64.3, 64.7), diameter=0.2, seed=0)
+    assert tiny[64, 64] == labels.MICROANEURYSM  # the smallest dot keeps its pixel
+    with pytest.raises(InputError, match="unknown lesion kind"):
+        draw_lesion(base, "drusen", centre=(64.0, 64.0), diameter=5.0, seed=0)
+    with pytest.raises(InputError, match="diameter"):
+        draw_lesion(base, "hard_exudate", centre=(64.0, 64.0), diameter=0.0, seed=0)
