@@ -11,8 +11,14 @@ map, the gallery, the curation) lives in ``gr.State``, so two browser tabs never
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
+import re
+import shutil
+import sys
 import tempfile
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from fundus_studio import editor, labels  # noqa: E402
 from fundus_studio.errors import StudioError  # noqa: E402
@@ -39,7 +47,16 @@ MAX_UPLOAD = "20mb"
 MAX_PER_GRADE = 12  # gallery and on-the-spot export: samples per grade per request
 MAX_GALLERY = 120  # items kept per user; the oldest are dropped beyond it
 CONCURRENCY = 2  # renders at once: one per core on our 2-core machines
-MAX_QUEUE = 64  # requests waiting beyond that are refused rather than piling up in memory
+MAX_QUEUE = 64  # requests waiting beyond that are refused ("queue is full, try again") rather than piling up
+# s; files the studio hands out (renders, downloads, zips) and uploads are deleted this long after they were
+# made (--cache-age): the temporary folder holds at most this much of the traffic.
+CACHE_AGE = int(os.environ.get("FUNDUS_STUDIO_CACHE_AGE", "3600"))
+# Every image the studio shows or returns is written by us under a fresh name here. Gradio's own
+# array → file step names the file after a hash of its bytes and rewrites it in place, so two users
+# receiving the same picture (same map, same seed) raced: one download was cut short mid-body
+# ("peer closed connection without sending complete message body").
+OUTPUT_DIR = Path(get_upload_folder()) / "fundus-studio"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 START_BLANK, START_SAMPLE, START_UPLOAD, START_PHOTO = "Blank retina", "ACGAN sample", "Upload label map", "Extract from photo"
 VIEW_SIDE, VIEW_OVERLAY = "Side by side", "Overlay"
 PHANTOM_NOTE = (
@@ -49,6 +66,7 @@ PHANTOM_NOTE = (
 )
 
 STUDIO = Studio.from_checkpoints(CHECKPOINTS)  # cheap: models load on first use
+log = logging.getLogger("fundus_studio.app")
 
 
 # The editor keeps uploaded stroke blobs in a dict shared by all users and frees an entry only when
@@ -70,7 +88,69 @@ class _BoundedDict(OrderedDict):
             self.popitem(last=False)
 
 
+# --- errors -------------------------------------------------------------------------------------
+# A user's mistake (StudioError: a bad upload, nothing kept yet) is told to the user and logged as one
+# line; anything else is a fault of ours: its traceback goes to the log, the user gets a short notice.
+
+_TEMP_PATH = re.compile("(?:" + "|".join(re.escape(str(Path(d).resolve())) for d in
+                                         {get_upload_folder(), tempfile.gettempdir()}) + r")/[^\s'\":]*")
+
+
+def _upload_name(path: str | None) -> str:
+    """How messages call an uploaded file: its original name (Gradio keeps it), never the server's path."""
+    name = Path(path).name if path else ""
+    return name or "the uploaded file"
+
+
+def public_message(message: str) -> str:
+    """``message`` with every server temporary path replaced by the file's own name."""
+    return _TEMP_PATH.sub(lambda m: _upload_name(m.group(0)), message)
+
+
+def _refused(err: StudioError, where: str) -> str:
+    """Log a refused request in one line; the message for the user."""
+    message = public_message(str(err))
+    log.info("%s refused: %s", where, message)
+    return message
+
+
+def _guarded(fn):
+    """Real faults in a handler: traceback to the log, a short error to the user (no internals)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except StudioError as err:  # handlers that cannot return a warning (API endpoints)
+            raise gr.Error(_refused(err, fn.__name__), print_exception=False) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise gr.Error(f"internal error in {fn.__name__}; the server's log has the details",
+                           print_exception=False) from None
+
+    return wrapper
+
+
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _png(image: np.ndarray, stem: str) -> str:
+    """Write an (H, W, 3) uint8 image as a PNG under a name no other request uses; its path.
+
+    The file sits in Gradio's cache folder, so Gradio serves it without copying and deletes it
+    after CACHE_AGE like its own files.
+    """
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUTPUT_DIR / f"{stem}-{uuid.uuid4().hex}.png"
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG", compress_level=1)
+    return str(path)
+
+
+def _fresh_folder(prefix: str) -> Path:
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=OUTPUT_DIR))
 
 
 def legend_html() -> str:
@@ -96,14 +176,15 @@ def stats_markdown(index_map: np.ndarray, *, grade_probs: np.ndarray | None) -> 
     return f"{grade}\n\n{table}"
 
 
-def _show(index_map: np.ndarray, photo: np.ndarray, *, view: str, opacity: float) -> np.ndarray:
+def _show(index_map: np.ndarray, photo: np.ndarray, *, view: str, opacity: float) -> str:
+    """The view the user asked for, as a PNG file: the overlay, or map and render side by side."""
     if view == VIEW_OVERLAY:
-        return editor.overlay(photo, index_map, opacity=opacity)
-    return np.concatenate([labels.to_color(index_map), photo], axis=1)
+        return _png(editor.overlay(photo, index_map, opacity=opacity), "overlay")
+    return _png(np.concatenate([labels.to_color(index_map), photo], axis=1), "view")
 
 
 def _style(style_path: str | None) -> np.ndarray | None:
-    return read_image(style_path) if style_path else None
+    return read_image(style_path, name=_upload_name(style_path)) if style_path else None
 
 
 def _as_int(value: float | int | None, default: int = 0) -> int:
@@ -113,6 +194,7 @@ def _as_int(value: float | int | None, default: int = 0) -> int:
 # --- Paint --------------------------------------------------------------------------------------
 
 
+@_guarded
 def start_map(source: str, grade: int, seed: float, upload: str | None, photo: str | None, nearest: bool):
     """The map a painting starts from → (editor value, base map, message)."""
     seed = _as_int(seed)
@@ -122,19 +204,22 @@ def start_map(source: str, grade: int, seed: float, upload: str | None, photo: s
         elif source == START_UPLOAD:
             if not upload:
                 raise StudioError("choose a label map file to upload first")
-            base = editor.uploaded_map(read_label_map(upload, nearest=nearest), size=CANVAS_SIZE, nearest=nearest)
+            base = editor.uploaded_map(read_label_map(upload, nearest=nearest, name=_upload_name(upload)),
+                                       size=CANVAS_SIZE, nearest=nearest)
         elif source == START_PHOTO:
             if not photo:
                 raise StudioError("choose a photo to upload first")
-            base = STUDIO.extract(read_image(photo), size=CANVAS_SIZE)
+            base = STUDIO.extract(read_image(photo, name=_upload_name(photo)), size=CANVAS_SIZE)
         else:
             base = editor.blank_template(size=CANVAS_SIZE)
     except StudioError as err:
-        gr.Warning(str(err))
-        return gr.skip(), gr.skip(), f"⚠️ {err}"
+        message = _refused(err, "start")
+        gr.Warning(message)
+        return gr.skip(), gr.skip(), f"⚠️ {message}"
     return editor.editor_value(base), base, f"Started from: {source.lower()}."
 
 
+@_guarded
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
                   opacity: float):
     """Every finished stroke: the painted map → view, statistics, current map and its render."""
@@ -143,12 +228,13 @@ def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, styl
         index_map = editor.painted_map(value, base=base)
         photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
     except StudioError as err:
-        gr.Warning(str(err))
+        gr.Warning(_refused(err, "paint"))
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     stats = stats_markdown(index_map, grade_probs=STUDIO.classify_grade(index_map))
     return _show(index_map, photo, view=view, opacity=opacity), stats, index_map, photo
 
 
+@_guarded
 def rerender(index_map: np.ndarray | None, seed: float, style: str | None, view: str, opacity: float):
     """A new seed or style: render the current map again → (view, render)."""
     if index_map is None:
@@ -156,11 +242,12 @@ def rerender(index_map: np.ndarray | None, seed: float, style: str | None, view:
     try:
         photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
     except StudioError as err:
-        gr.Warning(str(err))
+        gr.Warning(_refused(err, "rerender"))
         return gr.skip(), gr.skip()
     return _show(index_map, photo, view=view, opacity=opacity), photo
 
 
+@_guarded
 def reshow(index_map: np.ndarray | None, photo: np.ndarray | None, view: str, opacity: float):
     """Another view or opacity: the render at hand, shown anew (no new render)."""
     if index_map is None or photo is None:
@@ -168,16 +255,18 @@ def reshow(index_map: np.ndarray | None, photo: np.ndarray | None, view: str, op
     return _show(index_map, photo, view=view, opacity=opacity)
 
 
+@_guarded
 def downloads(index_map: np.ndarray | None, photo: np.ndarray | None):
     """The current map (palette PNG) and the render the user sees."""
     if index_map is None or photo is None:
         gr.Warning("paint or load a map first")
         return gr.skip()
-    folder = Path(tempfile.mkdtemp(prefix="fundus-download-"))
+    folder = _fresh_folder("download-")
     return [str(write_download(folder / "label.png", index_map=index_map)),
             str(write_download(folder / "render.png", photo=photo))]
 
 
+@_guarded
 def keep_painting(index_map: np.ndarray | None, photo: np.ndarray | None, base_source: str, grade: int, seed: float,
                   items: list[GalleryItem]):
     """Add the current painting, with the render the user sees, to this user's curated set."""
@@ -194,6 +283,7 @@ def keep_painting(index_map: np.ndarray | None, photo: np.ndarray | None, base_s
 # --- Gallery ------------------------------------------------------------------------------------
 
 
+@_guarded
 def sample_gallery(grades: list[str], per_grade: float, seed: float, items: list[GalleryItem],
                    progress: gr.Progress = gr.Progress(track_tqdm=True)):
     per_grade = max(1, min(MAX_PER_GRADE, _as_int(per_grade, 1)))
@@ -201,15 +291,16 @@ def sample_gallery(grades: list[str], per_grade: float, seed: float, items: list
         new = STUDIO.sample_pairs(grades=[int(g) for g in grades], per_grade=per_grade, seed=_as_int(seed),
                                   size=CANVAS_SIZE)
     except StudioError as err:
-        gr.Warning(str(err))
+        gr.Warning(_refused(err, "sample_gallery"))
         return gr.skip()
     return [*items, *(GalleryItem(label=m, image=p, grade=g, seed=s, provenance="sampled") for m, p, g, s in new)][
         -MAX_GALLERY:]
 
 
+@_guarded
 def gallery_view(items: list[GalleryItem], grade_filter: str):
     shown = [i for i, it in enumerate(items) if grade_filter == "all" or str(it.grade) == grade_filter]
-    pics = [(np.concatenate([labels.to_color(items[i].label), items[i].image], axis=1),
+    pics = [(_png(np.concatenate([labels.to_color(items[i].label), items[i].image], axis=1), "sample"),
              f"#{i} grade {items[i].grade} · seed {items[i].seed} · {items[i].status}") for i in shown]
     return pics, shown
 
@@ -238,6 +329,7 @@ def open_in_paint(items: list[GalleryItem], selected: int | None):
 # --- Export -------------------------------------------------------------------------------------
 
 
+@_guarded
 def export(what: str, per_grade: float, seed: float, items: list[GalleryItem],
            progress: gr.Progress = gr.Progress(track_tqdm=True)):
     try:
@@ -250,56 +342,61 @@ def export(what: str, per_grade: float, seed: float, items: list[GalleryItem],
                                         per_grade=max(1, min(MAX_PER_GRADE, _as_int(per_grade, 1))),
                                         seed=_as_int(seed), size=CANVAS_SIZE)
             chosen = [GalleryItem(label=m, image=p, grade=g, seed=s, provenance="sampled") for m, p, g, s in pairs]
-        path = export_items(chosen, out_dir=Path(tempfile.mkdtemp(prefix="fundus-export-")), size=CANVAS_SIZE,
-                            checkpoint_hashes=STUDIO.checkpoint_hashes(), zip_it=True)
+        # The dataset folder is only the zip's source: it goes, the zip stays where Gradio will delete it.
+        with tempfile.TemporaryDirectory(prefix="fundus-export-") as work:
+            made = export_items(chosen, out_dir=Path(work), size=CANVAS_SIZE,
+                                checkpoint_hashes=STUDIO.checkpoint_hashes(), zip_it=True)
+            path = Path(shutil.move(made, _fresh_folder("export-") / made.name))
     except StudioError as err:
-        gr.Warning(str(err))
-        return gr.skip(), f"⚠️ {err}"
+        message = _refused(err, "export")
+        gr.Warning(message)
+        return gr.skip(), f"⚠️ {message}"
     return str(path), f"Exported {len(chosen)} samples."
 
 
 # --- API for gradio_client ----------------------------------------------------------------------
 
 
-def _api(fn):
-    """API endpoints report bad input as a gradio error (the client raises it), never a traceback."""
-
-    def wrapper(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        except StudioError as err:
-            raise gr.Error(str(err)) from None
-
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-    return wrapper
+# Bad input comes back as a gradio error with its reason (the client raises it), logged in one line.
 
 
-@_api
-def api_render(label_map: str, seed: float) -> np.ndarray:
+@_guarded
+def api_render(label_map: str, seed: float) -> str:
     """/render(label_map: image file, seed: int) -> image file."""
-    index_map = editor.uploaded_map(read_label_map(label_map), size=CANVAS_SIZE, nearest=False)
-    return STUDIO.render(index_map, seed=_as_int(seed))
+    if not label_map:
+        raise StudioError("send a label map file")
+    index_map = editor.uploaded_map(read_label_map(label_map, name=_upload_name(label_map)), size=CANVAS_SIZE,
+                                    nearest=False)
+    return _png(STUDIO.render(index_map, seed=_as_int(seed)), "render")
 
 
-@_api
-def api_sample(grade: float, count: float, seed: float) -> list[tuple[np.ndarray, str]]:
+@_guarded
+def api_sample(grade: float, count: float, seed: float) -> list[tuple[str, str]]:
     """/sample(grade, count, seed) -> gallery of label maps (palette colours)."""
     count = max(1, min(MAX_PER_GRADE, _as_int(count, 1)))
     maps = STUDIO.sample_labels(grade=_as_int(grade), count=count, seed=_as_int(seed), size=CANVAS_SIZE)
-    return [(labels.to_color(m), f"grade {_as_int(grade)} #{i}") for i, m in enumerate(maps)]
+    return [(_png(labels.to_color(m), "label"), f"grade {_as_int(grade)} #{i}") for i, m in enumerate(maps)]
 
 
-@_api
-def api_extract(photo: str) -> np.ndarray:
+@_guarded
+def api_extract(photo: str) -> str:
     """/extract(photo: image file) -> label map file (taxonomy colours)."""
-    return labels.to_color(STUDIO.extract(read_image(photo), size=CANVAS_SIZE))
+    if not photo:
+        raise StudioError("send a photo file")
+    return _png(labels.to_color(STUDIO.extract(read_image(photo, name=_upload_name(photo)), size=CANVAS_SIZE)),
+                "label")
 
 
 # --- layout -------------------------------------------------------------------------------------
 
 
+def _delete_cache(age: int) -> tuple[int, int]:
+    """Gradio's (how often, how old) for deleting its temporary files: look a few times per age."""
+    return max(10, age // 4), age
+
+
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="Fundus Studio", delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(title="Fundus Studio", delete_cache=_delete_cache(CACHE_AGE)) as demo:
         gr.Markdown("# Fundus Studio\nPaint a retinal label map and watch it render; sample, curate and export.")
         gr.Markdown(PHANTOM_NOTE)
         items = gr.State([])  # this user's gallery and curated set
@@ -438,24 +535,43 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--auth", default=None, help="USER:PASS to require a login")
     p.add_argument("--size", type=int, choices=(256, 512), default=CANVAS_SIZE,
                    help="side of the canvas and the renders in px (default 512)")
+    p.add_argument("--cache-age", type=int, default=CACHE_AGE,
+                   help=f"seconds after which renders, downloads and uploads are deleted (default {CACHE_AGE})")
     return p.parse_args()
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``USER:PASS`` → (user, password); None without --auth."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth must be USER:PASS")
+    return user, password
+
+
+def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
+    """The warning for a server reachable from other machines without a login; None when there is none."""
+    if auth is not None or host in LOCAL_HOSTS:
+        return None
+    return (f"warning: listening on {host} without --auth: anyone who can reach this machine can use the studio, "
+            "its models and its files; add --auth USER:PASS")
 
 
 def main() -> None:
     global demo, CANVAS_SIZE
     args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc()  # renders at 512 spend much of their time faulting in fresh pages otherwise
     if args.checkpoints != CHECKPOINTS:
         STUDIO.reload(args.checkpoints)
     if args.size != CANVAS_SIZE:
         CANVAS_SIZE = args.size
         demo = build_demo()
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit("--auth must be USER:PASS")
-        auth = (user, password)
+    demo.delete_cache = _delete_cache(args.cache_age)  # read at launch
+    auth = parse_auth(args.auth)
+    if (warning := exposure_warning(args.host, auth)) is not None:
+        print(warning, file=sys.stderr)
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, max_file_size=MAX_UPLOAD,
                 run_history=False, enable_monitoring=False, footer_links=["api", "settings"])
 

@@ -24,6 +24,10 @@ def client(server):
     return Client(server, verbose=False)
 
 
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 def _painted_map() -> np.ndarray:
     m = blank_template(size=SIZE)
     m[40:48, 30:90] = labels.HAEMORRHAGE
@@ -38,18 +42,20 @@ def test_paint_handler_renders_and_counts(app) -> None:
     base = blank_template(size=SIZE)
     layer = np.zeros((SIZE, SIZE, 4), np.uint8)
     layer[40:48, 30:90] = (*labels.CLASSES[labels.HAEMORRHAGE].color, 255)
-    shown, stats, current, photo = app.paint_changed({"background": None, "layers": [layer], "composite": None}, base, 0,
-                                              None, app.VIEW_SIDE, 0.5)
+    shown_file, stats, current, photo = app.paint_changed({"background": None, "layers": [layer], "composite": None},
+                                                   base, 0, None, app.VIEW_SIDE, 0.5)
+    shown = _pixels(shown_file)
     assert shown.shape == (SIZE, 2 * SIZE, 3)
     assert np.array_equal(shown[:, SIZE:], photo)  # the render kept in state is the one shown
     items, _ = app.keep_painting(current, photo, app.START_BLANK, 2, 0, [])
     assert np.array_equal(items[0].image, photo) and items[0].provenance == "painted"
     label_file, render_file = app.downloads(current, photo)
     assert np.array_equal(np.asarray(Image.open(render_file)), photo)
-    assert np.array_equal(app.reshow(current, photo, app.VIEW_SIDE, 0.5), shown)
+    assert np.array_equal(_pixels(app.reshow(current, photo, app.VIEW_SIDE, 0.5)), shown)
     assert (current == labels.HAEMORRHAGE).sum() == 8 * 60
     assert "| haemorrhage | 480 |" in stats and "Grade classifier:** grade" in stats
-    overlay, _, _, _ = app.paint_changed({"layers": [layer]}, base, 0, None, app.VIEW_OVERLAY, 1.0)
+    overlay_file, _, _, _ = app.paint_changed({"layers": [layer]}, base, 0, None, app.VIEW_OVERLAY, 1.0)
+    overlay = _pixels(overlay_file)
     assert overlay.shape == (SIZE, SIZE, 3)
     assert (overlay[44, 60] == labels.CLASSES[labels.HAEMORRHAGE].color).all()
 
@@ -83,7 +89,7 @@ def test_gallery_curation_and_per_user_export(app, tmp_path) -> None:
     items = app.sample_gallery(["1", "3"], 2, 0, [])
     assert [it.grade for it in items] == [1, 1, 3, 3]
     pics, shown = app.gallery_view(items, "3")
-    assert shown == [2, 3] and pics[0][0].shape == (SIZE, 2 * SIZE, 3)
+    assert shown == [2, 3] and _pixels(pics[0][0]).shape == (SIZE, 2 * SIZE, 3)
     items = app.set_kept(items, 3, True)
     items = app.set_kept(items, 0, False)
     assert [it.status for it in items] == ["discarded", "undecided", "undecided", "kept"]
@@ -146,3 +152,94 @@ def test_api_export_zip_is_a_studio_dataset(client, tmp_path) -> None:
     assert sorted(s.grade for s in ds) == list(range(labels.NUM_GRADES))
     assert all(s.extra["checkpoints"].startswith("acgan:") for s in ds)
     assert ds.size == SIZE
+
+
+# --- errors: the user's own file name, one log line for a mistake, a traceback for a fault ---------------
+
+
+def test_api_refusal_names_the_upload_not_the_server_path_and_logs_one_line(client, tmp_path, caplog) -> None:
+    import logging
+
+    from gradio.utils import get_upload_folder
+    from gradio_client import handle_file
+
+    (tmp_path / "notes.png").write_text("these are not pixels\n" * 20)
+    with caplog.at_level(logging.INFO, logger="fundus_studio.app"):
+        with pytest.raises(Exception) as err:
+            client.predict(handle_file(str(tmp_path / "notes.png")), 0, api_name="/render")
+    message = str(err.value)
+    assert "notes.png: not an image file" in message
+    assert get_upload_folder() not in message and "/tmp" not in message
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].exc_info is None and "\n" not in refusals[0].getMessage()
+    assert "notes.png: not an image file" in refusals[0].getMessage()
+
+
+def test_a_fault_is_logged_with_its_traceback_and_not_shown(app, monkeypatch, tmp_path, caplog) -> None:
+    import logging
+
+    import gradio as gr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cuda state at /srv/secret/weights is bad")
+
+    monkeypatch.setattr(app.STUDIO, "render", broken)
+    path = save_label_png(tmp_path / "map.png", _painted_map())
+    with caplog.at_level(logging.INFO, logger="fundus_studio.app"), pytest.raises(gr.Error) as err:
+        app.api_render(str(path), 0)
+    assert "internal error in api_render" in err.value.message and "secret" not in err.value.message
+    (record,) = [r for r in caplog.records if r.name == "fundus_studio.app"]
+    assert record.levelno == logging.ERROR and record.exc_info is not None  # the traceback goes to the log
+
+
+def test_public_message_replaces_temporary_paths_by_file_names() -> None:
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
+    import app as app_module
+
+    cached = f"{get_upload_folder()}/9f8e7d6c/my fundus.png"
+    assert app_module.public_message(f"{cached}: not an image file") == "my fundus.png: not an image file"
+    assert app_module.public_message(f"{tempfile.gettempdir()}/x/y/map.png: bad") == "map.png: bad"
+    assert app_module.public_message("grade 7: must be 0–4") == "grade 7: must be 0–4"
+
+
+# --- no shared output files (the cut-off download) -----------------------------------------------------
+
+
+def test_identical_requests_get_files_of_their_own(app, tmp_path) -> None:
+    path = str(save_label_png(tmp_path / "map.png", _painted_map()))
+    first, second = app.api_render(path, 4), app.api_render(path, 4)
+    assert first != second  # Gradio's hash-named file was rewritten in place while another user downloaded it
+    assert Path(first).parent == app.OUTPUT_DIR
+    assert np.array_equal(_pixels(first), _pixels(second))
+
+
+def test_concurrent_identical_renders_all_arrive_whole(client, tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    url = client.src
+    path = str(save_label_png(tmp_path / "map.png", _painted_map()))
+
+    def calls(_: int) -> list[np.ndarray]:
+        c = Client(url, verbose=False)
+        return [_pixels(c.predict(handle_file(path), 1, api_name="/render")) for _ in range(3)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [img for batch in pool.map(calls, range(4)) for img in batch]
+    assert len(results) == 12 and all(np.array_equal(r, results[0]) for r in results)
+
+
+# --- exposure -------------------------------------------------------------------------------------------
+
+
+def test_listening_beyond_this_machine_without_auth_warns(app) -> None:
+    assert app.exposure_warning("127.0.0.1", None) is None
+    assert app.exposure_warning("0.0.0.0", ("ann", "pw")) is None
+    assert "without --auth" in app.exposure_warning("0.0.0.0", None)
+    assert app.parse_auth("ann:pw:with:colons") == ("ann", "pw:with:colons")
+    with pytest.raises(SystemExit, match="USER:PASS"):
+        app.parse_auth("ann")
