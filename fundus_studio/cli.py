@@ -149,6 +149,41 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fundus_studio.formats import export_dataset
+
+    out = export_dataset(args.dataset, args.out, format=args.format, classes=args.classes, dataset_id=args.dataset_id,
+                         name=args.name, test_fraction=args.test_fraction)
+    print(f"wrote {args.format} export {out}")
+    return 0
+
+
+def _fraction_arg(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= f < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
+    return f
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("export", help="write a studio dataset as an nnU-Net v2 raw dataset or in IDRiD's layout")
+    p.add_argument("dataset", type=Path, help="studio dataset folder (sampled, prepared, merged or from the app)")
+    p.add_argument("--format", choices=["nnunet", "idrid"], required=True, help="layout to write")
+    p.add_argument("--out", type=Path, required=True,
+                   help="nnunet: folder that receives DatasetNNN_Name/ (e.g. nnUNet_raw); idrid: the IDRiD root")
+    p.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                   help="nnunet: classes labelled 1, 2, … in this order; the rest become background "
+                        "(default: every class but outside and retina)")
+    p.add_argument("--dataset-id", type=int, default=500, help="nnunet: the NNN of DatasetNNN_Name (default 500)")
+    p.add_argument("--name", default="FundusStudio", help="nnunet: the Name of DatasetNNN_Name (default FundusStudio)")
+    p.add_argument("--test-fraction", type=_fraction_arg, default=0.0,
+                   help="share held out by id hash: nnunet imagesTs/labelsTs, idrid Testing Set (default 0)")
+    p.set_defaults(func=_cmd_export)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.report import ReportConfig, run
 
@@ -264,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of model checkpoints")
     p.set_defaults(func=_cmd_render)
 
+    _add_export(sub)
     _add_evaluate(sub)
     return parser
 
