@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fundus_studio import labels
 from fundus_studio.errors import CheckpointError, InputError
@@ -207,3 +210,73 @@ def test_pairs_subset_keeps_the_order_of_the_index() -> None:
     sub = pairs.subset([3, 1])
     assert sub.ids == ("d", "b") and sub.grades.tolist() == [3, 1] and sub.images[:, 0, 0, 0].tolist() == [3, 1]
     assert sub.description == {"dataset": "x", "count": 2} and pairs.description["count"] == 4
+
+
+# --- TensorBoard ------------------------------------------------------------------------------------
+
+
+def _events(folder: Path) -> Any:
+    """TensorBoard's own reader over RUN/tensorboard, everything loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_smoke_training_writes_tensorboard_events_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorboard", reason="TensorBoard is optional at run time; requirements-test.txt installs it")
+    from tests.test_acgan import smoke, write_blob_dataset
+
+    monkeypatch.setattr("sys.argv", ["python -m training.acgan"])  # pytest's own flags are not the trainer's
+    data = write_blob_dataset(tmp_path / "data", count=10)
+    smoke(data, tmp_path / "run")
+    acc = _events(tmp_path / "run" / "tensorboard")
+    tags = acc.Tags()
+    # The scalars are metrics.csv's, step for step and value for value (to float32).
+    with (tmp_path / "run" / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    for name in ("loss_d", "loss_g", "ada_p", "r_t"):
+        assert name in tags["scalars"]
+        events = acc.Scalars(name)
+        assert [e.step for e in events] == [int(r["step"]) for r in rows]
+        assert np.allclose([e.value for e in events], [float(r[name]) for r in rows], rtol=1e-5)
+    # The sample grids, as PNG-encoded images at the steps of samples/step-*.png.
+    images = acc.Images("samples/step")
+    assert [e.step for e in images] == [2, 4]
+    grid = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)))
+    png = np.asarray(Image.open(tmp_path / "run" / "samples" / "step-000004.png"))
+    assert np.array_equal(grid[..., :3], png)
+    # The run's config as text.
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '"kind": "acgan"' in text and '"preset": "smoke"' in text
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["tensorboard"] is True
+
+
+def test_no_tensorboard_flag_turns_it_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import acgan
+
+    monkeypatch.setattr("sys.argv", ["python -m training.acgan", "--no-tensorboard"])
+    cfg = acgan.parse_args(["--data", "d", "--out", str(tmp_path / "r"), "--no-tensorboard"])  # a known flag
+    run = harness.Run(cfg.out, kind="acgan", config=_Cfg(), architecture={}, dist=SINGLE)
+    assert run.resume(harness.TrainState(modules={"m": _model_and_opt()[0]})) == 0
+    run.log_scalars(1, {"loss": 1.0})
+    run.save_grid(1, np.zeros((4, 4, 3), np.uint8))
+    run.close()
+    assert not (tmp_path / "r" / "tensorboard").exists() and (tmp_path / "r" / "metrics.csv").is_file()
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["tensorboard"] is False
+    # Programmatic runs choose explicitly, whatever the command line says.
+    assert harness.Run(tmp_path / "s", kind="toy", config=_Cfg(), architecture={}, dist=SINGLE,
+                       tensorboard=True).tensorboard is True
+
+
+def test_only_rank_zero_writes_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorboard")
+    monkeypatch.setattr("sys.argv", ["python -m training.toy"])
+    # Rank 1 seen alone (world size 1 keeps the collectives local): it must write nothing.
+    rank1 = harness.Distributed(rank=1, world_size=1, local_rank=1, device=torch.device("cpu"))
+    run = harness.Run(tmp_path / "r", kind="toy", config=_Cfg(), architecture={}, dist=rank1)
+    run.resume(harness.TrainState(modules={"m": _model_and_opt()[0]}))
+    run.log_scalars(1, {"loss": 1.0})
+    run.close()
+    assert not (tmp_path / "r" / "tensorboard").exists()

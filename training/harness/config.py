@@ -30,6 +30,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, presets: dict[str, 
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per process (default: torch's; 1 is fastest on a busy shared machine)")
     parser.add_argument("--export-to", type=Path, default=None, help="also copy the inference checkpoint here")
+    # Read by harness.Run from the command line (one place for every trainer); declared here for --help.
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="do not write RUN/tensorboard (on by default when the tensorboard package is installed)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set model.g_channels=32 (repeatable)")
 

@@ -5,10 +5,13 @@ RUN/config.json               resolved config, preset, command line, versions, a
 RUN/log.txt                   the log (also on the console)
 RUN/metrics.csv               step, then the scalars; header fixed at the first write
 RUN/samples/step-000100.png   sample grids
+RUN/tensorboard/              the same scalars and grids, and the config, for `tensorboard --logdir runs`
 RUN/state/                    the latest resumable state (see harness.state)
 RUN/<name>.safetensors/.json  the inference checkpoint (fundus_studio.checkpoint)
 ```
-Only rank 0 writes; the collective parts (state saving, stop requests) are called by every rank.
+TensorBoard is on whenever the ``tensorboard`` package is installed, unless the command line has
+``--no-tensorboard`` (a flag of :func:`harness.add_common_arguments`, so every trainer has it) or the
+trainer passes ``Run(..., tensorboard=False)``. Only rank 0 writes; the collective parts (state saving, stop requests) are called by every rank.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ METRICS_FILE = "metrics.csv"
 LOG_FILE = "log.txt"
 LOGGER_NAME = "training"
 GRID_PAD = 2  # pixels between the tiles of a sample grid
+TENSORBOARD_DIR = "tensorboard"
+NO_TENSORBOARD_FLAG = "--no-tensorboard"  # declared by harness.add_common_arguments, read here
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -150,8 +155,10 @@ class Run:
     """
 
     def __init__(self, out: Path, *, kind: str, config: Any, architecture: dict[str, Any], dist: Distributed,
-                 preset: str | None = None) -> None:
+                 preset: str | None = None, tensorboard: bool | None = None) -> None:
         self.out = Path(out)
+        # The flag is read off the command line here, in one place, so that no trainer has to forward it.
+        self.tensorboard = NO_TENSORBOARD_FLAG not in sys.argv[1:] if tensorboard is None else tensorboard
         self.kind = kind
         self.dist = dist
         self.state_dir = self.out / "state"
@@ -163,7 +170,7 @@ class Run:
             self.samples_dir.mkdir(parents=True, exist_ok=True)
             info = {"kind": kind, "preset": preset, "config": config_to_dict(config),
                     "architecture": self.architecture, "command": sys.argv, "versions": versions(),
-                    "world_size": dist.world_size, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "world_size": dist.world_size, "tensorboard": self.tensorboard, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "history": [*previous.get("history", []), *([previous["command"]] if "command" in previous else [])]}
             with atomic_write(self.out / CONFIG_FILE, "w") as fh:
                 json.dump(info, fh, indent=2)
@@ -208,12 +215,24 @@ class Run:
                 (self.out / METRICS_FILE).unlink()  # a fresh start: stale metrics of a stateless run go
         if self.dist.is_main:
             self.metrics = MetricsCSV(self.out / METRICS_FILE, resume_step=step)
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # optional dependency
-                self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=step + 1)
-            except ImportError:
-                self.tb = None
+            self.tb = self._open_tensorboard(step)
         return step
+
+    def _open_tensorboard(self, step: int) -> Any:
+        """A SummaryWriter on RUN/tensorboard (events after ``step`` purged), or None: off or not installed."""
+        if not self.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
+        except ImportError:
+            self.log.info("TensorBoard off: the tensorboard package is not installed (pip install tensorboard)")
+            return None
+        tb = SummaryWriter(str(self.out / TENSORBOARD_DIR), purge_step=step + 1)
+        config = json.loads((self.out / CONFIG_FILE).read_text())
+        # Markdown: a fenced block keeps the JSON's indentation in TensorBoard's text tab.
+        tb.add_text("config", "```json\n" + json.dumps(config, indent=2) + "\n```", global_step=step)
+        self.log.info("TensorBoard: tensorboard --logdir %s", self.out.parent)
+        return tb
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -281,13 +300,16 @@ class Run:
             self.metrics.write(step, scalars)
         if self.tb is not None:
             for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
+                if v is not None:
+                    self.tb.add_scalar(k, float(v), step)
 
     def save_grid(self, step: int, grid: np.ndarray, *, name: str = "step") -> Path:
-        """Write a (H, W, 3) uint8 grid to samples/<name>-<step>.png (rank 0)."""
+        """Write a (H, W, 3) uint8 grid to samples/<name>-<step>.png and TensorBoard's image ``name`` (rank 0)."""
         path = self.samples_dir / f"{name}-{step:06d}.png"
         if self.dist.is_main:
             save_png(path, grid)
+            if self.tb is not None:
+                self.tb.add_image(f"samples/{name}", grid, step, dataformats="HWC")
         return path
 
     def export(self, module: nn.Module, *, name: str, data: dict[str, Any], step: int,
@@ -308,6 +330,7 @@ class Run:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
         for h in list(self.log.handlers):
             self.log.removeHandler(h)
             h.close()
