@@ -199,19 +199,20 @@ def _import(name: str, *, json_path: Path, info: dict[str, Any]) -> type:
 def load_model(
     path: str | os.PathLike[str],
     *,
-    expected: type[nn.Module] | None = None,
+    expected: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Rebuild the module described by ``path``'s JSON and load its weights, in eval mode.
 
-    ``expected`` (e.g. ``Generator``) refuses a checkpoint of another class.
+    ``expected`` (e.g. ``Generator``, or a tuple of classes) refuses a checkpoint of another class.
     """
     weights_path, json_path = paths_for(path)
     info = read_info(json_path)
     cls = _import(info["class"], json_path=json_path, info=info)
     config_cls = _import(info["config_class"], json_path=json_path, info=info)
     if expected is not None and not issubclass(cls, expected):
-        raise _fail(json_path, f"holds a {cls.__name__}, expected a {expected.__name__}", info)
+        names = " or ".join(c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,)))
+        raise _fail(json_path, f"holds a {cls.__name__}, expected a {names}", info)
     try:
         config = config_from_dict(config_cls, info["config"])
     except (TypeError, ValueError) as err:

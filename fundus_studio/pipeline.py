@@ -5,9 +5,11 @@ Photos enter and leave every network as ``(B, 3, H, W)`` float tensors in [-1, 1
 (:func:`photo_to_tensor` / :func:`tensor_to_photo`); label maps as one-hot ``(B, C, H, W)``
 (:func:`one_hot_tensor`). The trainers use the same functions.
 
-Label sampling: the ACGAN generator paints class logits at its resolution R; their softmax is
-upsampled bilinearly to the output size and arg-maxed, and the field of view is made a clean disc:
-everything outside the circle is ``outside``, nothing inside is.
+Label sampling: a prior draws class probabilities at its coarse side R — the ACGAN generator (the
+paper's method: softmax of its logits) or the flow-matching prior (soft class fractions, integrated
+from noise). The label upsampler, when present, turns them into sharp classes at R × its factor;
+the probabilities are resized to the output size and arg-maxed, and the field of view is made a
+clean disc: everything outside the circle is ``outside``, nothing inside is.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fundus_studio.errors import InputError
 from fundus_studio.labels import LESIONS, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
 from fundus_studio.models.acgan import Generator
 from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
+from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
 from fundus_studio.models.spade import SpadeGenerator, StyleEncoder, fold_spectral_norm
 from fundus_studio.models.unet import UNet
 
@@ -34,14 +37,28 @@ MAX_FOV_RADIUS: float = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
+class FlowSamplingConfig:
+    """How the flow-matching prior is integrated (the ODE from noise at t = 0 to a map at t = 1)."""
+
+    steps: int = 8  # Euler steps (network calls per map: 2 × steps with guidance)
+    guidance: float = 1.5  # classifier-free guidance weight w: v = v_uncond + w (v_grade − v_uncond); 1 = off
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.guidance < 0:
+            raise ValueError(f"steps must be positive and guidance ≥ 0, got {self.steps}, {self.guidance}")
+
+
+@dataclass(frozen=True)
 class LabelSamplingConfig:
     size: int = 512  # side of the returned maps (upsampled from the generator's resolution)
     fov_radius: float | None = None  # FOV radius as a fraction of half the side; None: estimated per map
     batch_size: int = 16  # maps per generator call (does not change the result)
+    upsample_batch: int = 4  # maps per label-upsampler call (bounds memory at 512²; no effect on the result)
+    flow: FlowSamplingConfig = FlowSamplingConfig()  # ODE integration of a flow-matching prior
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.batch_size < 1:
-            raise ValueError("size and batch_size must be positive")
+        if self.size < 1 or self.batch_size < 1 or self.upsample_batch < 1:
+            raise ValueError("size, batch_size and upsample_batch must be positive")
         if self.fov_radius is not None and not 0.0 < self.fov_radius <= MAX_FOV_RADIUS:
             raise ValueError(f"fov_radius must lie in (0, √2], got {self.fov_radius}")
 
@@ -65,10 +82,12 @@ def estimate_fov_radius(probs: torch.Tensor) -> torch.Tensor:
 def probabilities_to_labels(probs: torch.Tensor, *, size: int, fov_radius: float | None = None) -> torch.Tensor:
     """(B, C, R, R) probabilities → (B, size, size) uint8 index maps with a clean circular FOV.
 
-    Bilinear upsampling of the probabilities (not of the indices) gives smooth class boundaries.
+    Resizing the probabilities (bilinear up, area down), not the indices, gives smooth class boundaries.
     """
-    if probs.shape[-1] != size:
+    if probs.shape[-1] < size:
         probs = F.interpolate(probs, size=(size, size), mode="bilinear", align_corners=False)
+    elif probs.shape[-1] > size:
+        probs = F.interpolate(probs, size=(size, size), mode="area")
     else:
         probs = probs.clone()  # modified below; the caller's tensor is left alone
     radius = (estimate_fov_radius(probs) if fov_radius is None
@@ -79,42 +98,116 @@ def probabilities_to_labels(probs: torch.Tensor, *, size: int, fov_radius: float
     return torch.where(disc, labels, torch.full_like(labels, OUTSIDE)).to(torch.uint8)
 
 
-class LabelSampler:
-    """Samples grade-conditioned label maps from a (loaded) ACGAN generator.
+def flow_state_to_fractions(x: torch.Tensor) -> torch.Tensor:
+    """The flow's state at t = 1 (x = 2 f − 1) → class fractions f ≥ 0 with rows summing to 1."""
+    f = ((x.float() + 1.0) / 2.0).clamp(min=0.0)
+    total = f.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(f, 1.0 / f.shape[1])
+    return torch.where(total > 1e-6, f / total.clamp(min=1e-6), uniform)
 
-    >>> sampler = LabelSampler.from_checkpoint("checkpoints/acgan.safetensors")   # doctest: +SKIP
+
+@torch.no_grad()
+def integrate_flow(model: FlowUNet, noise: torch.Tensor, grades: torch.Tensor, *,
+                   config: FlowSamplingConfig) -> torch.Tensor:
+    """Euler integration of dx/dt = v(x, t, grade) from ``noise`` (B, C, R, R) at t = 0 to t = 1, with
+    classifier-free guidance; returns (B, C, R, R) class fractions. Deterministic given the noise."""
+    b = noise.shape[0]
+    x = noise.float().contiguous(memory_format=torch.channels_last)
+    uncond = torch.full_like(grades, model.config.num_grades)
+    guided = config.guidance != 1.0
+    dt = 1.0 / config.steps
+    for i in range(config.steps):
+        t = torch.full((b,), i * dt, device=x.device)
+        if guided:
+            v_grade, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([grades, uncond])).float().chunk(2)
+            v = v_uncond + config.guidance * (v_grade - v_uncond)
+        else:
+            v = model(x, t, grades).float()
+        x = x + dt * v
+    return flow_state_to_fractions(x)
+
+
+LabelPrior = Generator | FlowUNet  # what draws a coarse map for a grade
+
+
+class LabelSampler:
+    """Samples grade-conditioned label maps: a prior (the ACGAN generator, or the flow-matching prior)
+    draws class probabilities at its side R; the label upsampler, when given, turns them into sharp
+    classes at R × its factor; the result is resized to the output size and arg-maxed inside a clean
+    circular field of view.
+
+    >>> sampler = LabelSampler.from_checkpoint("checkpoints/label_flow.safetensors",
+    ...     upsampler="checkpoints/label_upsampler.safetensors")   # doctest: +SKIP
     >>> maps = sampler.sample(grade=3, count=4, seed=7)     # (4, 512, 512) uint8
     """
 
-    def __init__(self, generator: Generator, *, config: LabelSamplingConfig = LabelSamplingConfig(),
-                 device: torch.device | str = "cpu") -> None:
-        # The sampler owns the generator: it is moved, put in eval mode and made channels-last.
-        self.generator = generator.to(device, memory_format=torch.channels_last).eval()
+    def __init__(self, prior: LabelPrior, *, upsampler: LabelUpsampler | None = None,
+                 config: LabelSamplingConfig = LabelSamplingConfig(), device: torch.device | str = "cpu") -> None:
+        # The sampler owns its networks: they are moved, put in eval mode and made channels-last.
+        self.prior = prior.to(device, memory_format=torch.channels_last).eval()
+        if upsampler is not None and upsampler.config.coarse_resolution != self.resolution:
+            raise InputError(f"the label upsampler reads {upsampler.config.coarse_resolution}² maps but the "
+                             f"generator draws {self.resolution}²")
+        self.upsampler = None if upsampler is None else upsampler.to(device, memory_format=torch.channels_last).eval()
         self.config = config
         self.device = torch.device(device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], *, config: LabelSamplingConfig = LabelSamplingConfig(),
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, upsampler: str | os.PathLike[str] | None = None,
+                        config: LabelSamplingConfig = LabelSamplingConfig(),
                         device: torch.device | str = "cpu") -> LabelSampler:
-        """Load ``path`` (raises CheckpointError naming the file if it cannot)."""
-        return cls(load_model(path, expected=Generator, device=device), config=config, device=device)  # type: ignore[arg-type]
+        """Load the prior at ``path`` (ACGAN or flow) and optionally an upsampler (CheckpointError naming
+        the file if one cannot be loaded)."""
+        prior = load_model(path, expected=(Generator, FlowUNet), device=device)
+        up = None if upsampler is None else load_model(upsampler, expected=LabelUpsampler, device=device)
+        return cls(prior, upsampler=up, config=config, device=device)  # type: ignore[arg-type]
+
+    @property
+    def generator(self) -> LabelPrior:
+        """The prior (kept under its old name: the ACGAN generator)."""
+        return self.prior
+
+    @property
+    def is_flow(self) -> bool:
+        return isinstance(self.prior, FlowUNet)
 
     @property
     def resolution(self) -> int:
-        return self.generator.config.resolution
+        return self.prior.config.resolution
+
+    @property
+    def output_resolution(self) -> int:
+        """Side of the probabilities before the final resize: the upsampler's, else the prior's."""
+        return self.upsampler.config.resolution if self.upsampler is not None else self.resolution
 
     def latents(self, *, count: int, seed: int) -> torch.Tensor:
-        """(count, z_dim) latents, drawn on the CPU from ``seed`` so every device gets the same ones;
-        latent i does not depend on ``count``."""
+        """Latents drawn on the CPU from ``seed`` so every device gets the same ones; latent i does
+        not depend on ``count``. ACGAN: (count, z_dim); flow: (count, C, R, R) initial noise."""
         gen = torch.Generator().manual_seed(seed)
-        return torch.randn(count, self.generator.config.z_dim, generator=gen)
+        if self.is_flow:
+            c = self.prior.config
+            return torch.randn(count, c.num_classes, c.resolution, c.resolution, generator=gen)
+        return torch.randn(count, self.prior.config.z_dim, generator=gen)
 
     @torch.no_grad()
     def probabilities(self, z: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        """(B, z_dim) latents, (B,) grades → (B, C, R, R) class probabilities at the generator's R."""
-        out = [self.generator(zb.to(self.device), gb.to(self.device)).float().softmax(dim=1)
-               for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size))]
+        """Latents, (B,) grades → (B, C, R, R) class probabilities at the prior's R."""
+        out = []
+        for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size)):
+            zb, gb = zb.to(self.device), gb.to(self.device)
+            if self.is_flow:
+                out.append(integrate_flow(self.prior, zb, gb, config=self.config.flow))  # type: ignore[arg-type]
+            else:
+                out.append(self.prior(zb, gb).float().softmax(dim=1))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def refine(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, C, R, R) coarse probabilities → the upsampler's (B, C, R·f, R·f) probabilities (or as they are)."""
+        if self.upsampler is None:
+            return probs
+        return torch.cat([self.upsampler(p.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
+                          for p in probs.split(self.config.upsample_batch)])
 
     @torch.no_grad()
     def sample_grades(self, grades: list[int] | torch.Tensor, *, seed: int, size: int | None = None) -> np.ndarray:
@@ -130,8 +223,10 @@ class LabelSampler:
         z = self.latents(count=len(grades), seed=seed)
         maps = []
         for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size)):
-            probs = self.probabilities(zb, gb)
-            maps.append(probabilities_to_labels(probs, size=size, fov_radius=self.config.fov_radius).cpu())
+            coarse = self.probabilities(zb, gb)
+            for p in coarse.split(self.config.upsample_batch):
+                fine = self.refine(p)
+                maps.append(probabilities_to_labels(fine, size=size, fov_radius=self.config.fov_radius).cpu())
         return torch.cat(maps).numpy()
 
     def sample(self, *, grade: int, count: int, seed: int, size: int | None = None) -> np.ndarray:

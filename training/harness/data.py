@@ -21,7 +21,19 @@ from fundus_studio import labels
 from fundus_studio.dataset import StudioDataset
 from fundus_studio.errors import DatasetError
 
-DOWNSAMPLE_MODES: tuple[str, ...] = ("nearest", "area", "keep-lesions")
+DOWNSAMPLE_MODES: tuple[str, ...] = ("nearest", "area", "keep-lesions", "fractions")
+# Soft maps are held as uint8 fractions × FRACTION_SCALE (a 1/255 step; an 8×8 block's is 1/64).
+FRACTION_SCALE: float = 255.0
+
+
+def class_fractions(index_map: np.ndarray, size: int) -> np.ndarray:
+    """(S, S) uint8 indices → (C, size, size) float32 area fraction of each class per pixel (rows sum
+    to 1). A thin vessel survives downsampling as a partial occupancy instead of vanishing."""
+    one_hot = labels.to_one_hot(index_map).transpose(1, 2, 0).astype(np.float32)  # (S, S, C)
+    if index_map.shape[0] == size:
+        return np.ascontiguousarray(one_hot.transpose(2, 0, 1))
+    frac = cv2.resize(one_hot, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, C)
+    return np.ascontiguousarray(frac.transpose(2, 0, 1))
 
 
 def resize_index_map(index_map: np.ndarray, size: int, *, mode: str = "area") -> np.ndarray:
@@ -36,6 +48,8 @@ def resize_index_map(index_map: np.ndarray, size: int, *, mode: str = "area") ->
         raise ValueError(f"downsample mode must be one of {DOWNSAMPLE_MODES}, got {mode!r}")
     if index_map.shape[0] == size:
         return index_map
+    if mode == "fractions":
+        mode = "area"
     if mode == "nearest" or index_map.shape[0] < size:
         return cv2.resize(index_map, (size, size), interpolation=cv2.INTER_NEAREST)
     one_hot = labels.to_one_hot(index_map).transpose(1, 2, 0)  # (S, S, C)
@@ -51,12 +65,14 @@ def resize_index_map(index_map: np.ndarray, size: int, *, mode: str = "area") ->
 
 @dataclass(frozen=True)
 class LabelMaps:
-    """Label maps held in memory. maps: (N, R, R) uint8; grades: (N,) int64 (-1 = unknown)."""
+    """Label maps held in memory. maps: (N, R, R) uint8; grades: (N,) int64 (-1 = unknown);
+    fractions: (N, C, R, R) uint8 class fractions × FRACTION_SCALE, when loaded with "fractions"."""
 
     maps: torch.Tensor
     grades: torch.Tensor
     ids: tuple[str, ...]
     description: dict[str, Any]  # where they came from, for checkpoints' "data" field
+    fractions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -66,10 +82,18 @@ class LabelMaps:
         m = self.maps[index].to(device).long()
         return F.one_hot(m, labels.NUM_CLASSES).permute(0, 3, 1, 2).float()
 
+    def soft(self, index: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Class fractions at ``index`` as (B, C, R, R) float32 rows summing to 1 (needs "fractions")."""
+        if self.fractions is None:
+            raise ValueError("these maps were loaded without class fractions (downsample='fractions')")
+        f = self.fractions[index].to(device).float()
+        return f / f.sum(dim=1, keepdim=True).clamp(min=1e-6)
+
     def subset(self, index: np.ndarray | list[int]) -> LabelMaps:
         idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
         return LabelMaps(self.maps[idx], self.grades[idx], tuple(self.ids[i] for i in idx.tolist()),
-                         dict(self.description, count=len(idx)))
+                         dict(self.description, count=len(idx)),
+                         None if self.fractions is None else self.fractions[idx])
 
 
 def load_label_maps(
@@ -84,7 +108,13 @@ def load_label_maps(
     keep = [s for s in ds.samples if s.grade is not None or not require_grade]
     if not keep:
         raise DatasetError(f"{ds.root}: no samples{' with a grade' if require_grade else ''} to train on")
-    maps = np.stack([resize_index_map(ds.label(s), resolution, mode=downsample) for s in keep])
+    fractions = None
+    if downsample == "fractions":
+        soft = [class_fractions(ds.label(s), resolution) for s in keep]
+        fractions = torch.from_numpy(np.stack([np.rint(f * FRACTION_SCALE).astype(np.uint8) for f in soft]))
+        maps = np.stack([f.argmax(axis=0).astype(np.uint8) for f in soft])
+    else:
+        maps = np.stack([resize_index_map(ds.label(s), resolution, mode=downsample) for s in keep])
     grades = np.array([-1 if s.grade is None else s.grade for s in keep], dtype=np.int64)
     description = {
         "dataset": str(ds.root), "created_by": ds.info.get("created_by"), "size": ds.size,
@@ -92,7 +122,8 @@ def load_label_maps(
         "resolution": resolution, "downsample": downsample,
         "grade_counts": np.bincount(grades[grades >= 0], minlength=labels.NUM_GRADES).tolist(),
     }
-    return LabelMaps(torch.from_numpy(maps), torch.from_numpy(grades), tuple(s.id for s in keep), description)
+    return LabelMaps(torch.from_numpy(maps), torch.from_numpy(grades), tuple(s.id for s in keep), description,
+                     fractions)
 
 
 @dataclass(frozen=True)
