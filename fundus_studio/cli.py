@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fundus_studio.errors import StudioError
+from fundus_studio.studio import DEFAULT_GENERATOR, GENERATORS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -127,7 +128,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     tune_malloc()  # about 15 % more pairs per second at 512 (benchmarks/sample.py)
     out = sample_dataset(args.out, count=args.count, grade=args.grade, seed=args.seed, size=args.size,
-                         shard=args.shard, checkpoints=args.checkpoints)
+                         shard=args.shard, checkpoints=args.checkpoints, generator=args.generator)
     print(f"wrote sampled dataset {out}")
     return 0
 
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_UNET, help=f"U-Net checkpoint (default {DEFAULT_UNET})")
     p.add_argument("--size", type=_size_arg, default=512, help="side in pixels (default 512)")
     p.set_defaults(func=_cmd_segment)
-    p = sub.add_parser("sample", help="generate label maps (ACGAN) and their renders (SPADE) as a studio dataset")
+    p = sub.add_parser("sample", help="generate label maps (flow prior or ACGAN) and their renders (SPADE) as a "
+                                      "studio dataset")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
     p.add_argument("--count", type=_positive, required=True, help="samples in the whole run (all shards)")
     p.add_argument("--grade", type=_grade_arg, default=None, help="DR grade 0-4, or 'all' (cycled; default)")
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard_arg, default=(0, 1), metavar="I/N",
                    help="make only the samples i ≡ I (mod N) of this run (default 0/1: all)")
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of model checkpoints")
+    p.add_argument("--generator", choices=sorted(GENERATORS), default=None,
+                   help=f"label-map generator (default {DEFAULT_GENERATOR} when its checkpoint is present, else acgan)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("merge", help="join studio datasets (e.g. the shards of one sampling run)")

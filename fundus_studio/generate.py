@@ -32,11 +32,11 @@ from fundus_studio.phantom import sample_seed
 from fundus_studio.studio import RENDER_STREAM, Studio, pair_seeds
 
 GENERATOR = "fundus_studio.generate"
-SOURCE = "acgan+spade"  # manifest `source` of every sampled pair
 PROVENANCE = "sampled"  # manifest `provenance` (export.PROVENANCES)
 ID_PREFIX = "sample"
 ID_DIGITS = 6  # sample-000123; ids sort in sample order up to 10⁶ samples per run
-SAMPLING_MODELS: tuple[str, ...] = ("acgan", "spade")  # the checkpoints a sampled pair depends on
+# What _load loads for sampling: the chosen generator's sampler ("acgan" stands for it) and the renderer.
+SAMPLING_MODELS: tuple[str, ...] = ("acgan", "spade")
 # A render of one sample on another thread count or CPU may differ by a grey level in a few pixels
 # (float reductions in another order); merge treats such twins as the same sample.
 RENDER_ROUNDING = 1
@@ -85,17 +85,23 @@ def _check_positive(value: int, *, what: str, minimum: int = 1) -> int:
 # --- checkpoints ----------------------------------------------------------------------------------
 
 
-def _load(checkpoints: Path, names: tuple[str, ...]) -> tuple[Any, ...]:
-    """The pipeline objects for ``names``, or CheckpointError naming the first missing or corrupt
-    file. Called before any output is touched."""
-    studio = Studio.from_checkpoints(checkpoints)
-    return tuple(studio.model(name) for name in names)
+def source_name(generator: str) -> str:
+    """Manifest ``source`` of a pair sampled with ``generator``: e.g. ``acgan+spade``, ``flow+spade``."""
+    return f"{generator}+spade"
 
 
-def _hashes(checkpoints: Path) -> dict[str, str]:
-    """Short SHA-256 of the sampling checkpoints (verified against the weights when they loaded)."""
-    hashes = Studio.from_checkpoints(checkpoints).checkpoint_hashes()
-    return {name: hashes[name] for name in SAMPLING_MODELS}
+def _load(checkpoints: Path, names: tuple[str, ...], *, generator: str | None = None) -> tuple[Any, ...]:
+    """The pipeline objects for ``names`` (``acgan`` standing for the chosen generator's sampler), or
+    CheckpointError naming the first missing or corrupt file. Called before any output is touched."""
+    studio = Studio.from_checkpoints(checkpoints, generator=generator)
+    return tuple(studio.sampler() if name == "acgan" else studio.model(name) for name in names)
+
+
+def _hashes(checkpoints: Path, *, generator: str | None = None) -> dict[str, str]:
+    """Short SHA-256 of the checkpoints a sampled pair depends on (verified when they loaded)."""
+    studio = Studio.from_checkpoints(checkpoints, generator=generator)
+    hashes = studio.checkpoint_hashes()
+    return {name: hashes[name] for name in (*studio.sampling_checkpoints(), "spade")}
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -138,6 +144,7 @@ def sample_dataset(
     size: int = 512,
     shard: tuple[int, int] = (0, 1),
     checkpoints: str | os.PathLike[str],
+    generator: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Write (or resume) a studio dataset of sampled pairs and return its folder.
@@ -149,7 +156,8 @@ def sample_dataset(
         seed: run seed; sample ``i``'s seed is ``sample_seed(seed, i)``.
         size: side of the label maps and photos in pixels.
         shard: ``(I, N)``: write only the samples with ``i % N == I``.
-        checkpoints: folder holding ``acgan`` and ``spade`` checkpoints.
+        checkpoints: folder holding a label-map generator and ``spade`` checkpoints.
+        generator: ``flow`` or ``acgan`` (studio.GENERATORS); None: the folder's default.
 
     Samples already in ``out`` are skipped; a folder written with another seed, grade, size, shard
     or checkpoints is refused. Manifest extra columns: ``export.PROVENANCE_COLUMNS``.
@@ -164,10 +172,11 @@ def sample_dataset(
     sample_seed(seed, 0)  # validates the seed (a non-negative integer)
     out, checkpoints = Path(out), Path(checkpoints)
     # Checkpoints first: a missing or corrupt one must fail before any folder exists.
-    sampler, renderer = _load(checkpoints, SAMPLING_MODELS)
-    hashes = _hashes(checkpoints)
+    sampler, renderer = _load(checkpoints, SAMPLING_MODELS, generator=generator)
+    hashes = _hashes(checkpoints, generator=generator)
+    source = source_name(Studio.from_checkpoints(checkpoints, generator=generator).generator_name())
     meta = {"generator": GENERATOR, "seed": int(seed), "count": count, "grade": grade, "size": size,
-            "shard": list(shard), "checkpoints": hashes, "source": SOURCE}
+            "shard": list(shard), "checkpoints": hashes, "source": source}
     _refuse_other_run(out, meta, size=size)
     writer = dataset.DatasetWriter(out, size=size, created_by="fundus-studio sample",
                                    extra_columns=PROVENANCE_COLUMNS, meta=meta)
@@ -188,7 +197,7 @@ def sample_dataset(
             label_map = sampler.sample_grades([g], seed=s, size=size)[0]
             photo = renderer.render(label_map, seed=photo_seed)
             pending.append(pool.submit(writer.add, sample_id=sample_id(i), image=photo, label=label_map,
-                                       grade=g, source=SOURCE, seed=s, extra=extra))
+                                       grade=g, source=source, seed=s, extra=extra))
             while len(pending) >= WRITE_AHEAD or (pending and pending[0].done()):
                 pending.popleft().result()  # re-raises a failed write here
                 bar.update(1)

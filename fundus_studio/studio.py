@@ -23,11 +23,18 @@ from fundus_studio.errors import CheckpointError, InputError
 
 # The checkpoint names a checkpoints folder may hold, and what each is for.
 MODEL_ROLES: dict[str, str] = {
-    "acgan": "label-map generator (ACGAN): grade → label map",
+    "label_flow": "label-map generator (flow-matching prior over 64² soft maps): grade → label map",
+    "label_upsampler": "label upsampler: a generator's coarse class fractions → sharp 512² classes",
+    "acgan": "label-map generator (ACGAN, the paper's method): grade → label map",
     "spade": "renderer (SPADE): label map → photo",
     "unet": "lesion segmenter (U-Net): photo → lesion masks",
     "grade_classifier": "grade classifier: label map → DR grade",
 }
+# Label-map generators by the name users choose them with (--generator, the app, the API) → checkpoint.
+GENERATORS: dict[str, str] = {"flow": "label_flow", "acgan": "acgan"}
+# The default when its checkpoint is present (it measures best: docs/training.md); else the ACGAN.
+DEFAULT_GENERATOR = "flow"
+UPSAMPLER = "label_upsampler"
 # The render latent is drawn from its own stream of the sample's seed, apart from the label latent.
 RENDER_STREAM = 1
 
@@ -41,20 +48,55 @@ def pair_seeds(seed: int, index: int) -> tuple[int, int]:
     return label_seed, sample_seed(label_seed, RENDER_STREAM)
 
 
+CARD_FENCE = "---\n"  # the model card's YAML front matter sits between two of these at its start
+
+
+def split_front_matter(text: str) -> tuple[str | None, str]:
+    """A model card → ``(front matter with its fences, or None; the markdown after it)``."""
+    if text.startswith(CARD_FENCE):
+        end = text.find("\n" + CARD_FENCE, len(CARD_FENCE) - 1)
+        if end >= 0:
+            return text[: end + 1 + len(CARD_FENCE)], text[end + 1 + len(CARD_FENCE):]
+    return None, text
+
+
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
 
 
 class Studio:
-    """Grade → label map → photo → lesion map, over one folder of checkpoints."""
+    """Grade → label map → photo → lesion map, over one folder of checkpoints.
 
-    def __init__(self, checkpoints: str | os.PathLike[str]) -> None:
+    ``generator`` picks the label-map generator (a key of :data:`GENERATORS`); None: the default
+    (:data:`DEFAULT_GENERATOR` when its checkpoint is present, else the ACGAN).
+    """
+
+    def __init__(self, checkpoints: str | os.PathLike[str], *, generator: str | None = None) -> None:
+        if generator is not None and generator not in GENERATORS:
+            raise InputError(f"unknown generator {generator!r}; choose one of {', '.join(GENERATORS)}")
         self.checkpoints = Path(checkpoints)
+        self.generator = generator
         self._models: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a sampler loads the upsampler while holding it
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: str | os.PathLike[str]) -> Studio:
-        return cls(checkpoints)
+    def from_checkpoints(cls, checkpoints: str | os.PathLike[str], *, generator: str | None = None) -> Studio:
+        return cls(checkpoints, generator=generator)
+
+    def generator_name(self, generator: str | None = None) -> str:
+        """The generator a call uses: ``generator``, else the Studio's choice, else the default."""
+        name = generator or self.generator
+        if name is None:  # half a checkpoint (weights or JSON) still chooses it: its error beats a silent fallback
+            default = self.path(GENERATORS[DEFAULT_GENERATOR])
+            return DEFAULT_GENERATOR if default.is_file() or default.with_suffix(".json").is_file() else "acgan"
+        if name not in GENERATORS:
+            raise InputError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
+        return name
+
+    def sampling_checkpoints(self, generator: str | None = None) -> tuple[str, ...]:
+        """The checkpoints a sampled label map depends on: the generator's, and the upsampler's when
+        it is used (present and of the generator's side)."""
+        name = GENERATORS[self.generator_name(generator)]
+        return (name, UPSAMPLER) if self._get(name).upsampler is not None else (name,)
 
     def reload(self, checkpoints: str | os.PathLike[str]) -> None:
         """Switch to another folder; models load again on next use."""
@@ -71,8 +113,9 @@ class Studio:
         return self.path(name).is_file() and self.path(name).with_suffix(".json").is_file()
 
     def model(self, name: str) -> Any:
-        """The loaded pipeline object for ``name`` (``acgan`` → LabelSampler, ``spade`` → Renderer,
-        ``unet`` → Segmenter, ``grade_classifier`` → GradeJudge); CheckpointError if missing or corrupt."""
+        """The loaded pipeline object for ``name`` (``acgan``, ``label_flow`` → LabelSampler,
+        ``label_upsampler`` → LabelUpsampler, ``spade`` → Renderer, ``unet`` → Segmenter,
+        ``grade_classifier`` → GradeJudge); CheckpointError if missing or corrupt."""
         return self._get(name)
 
     def _get(self, name: str) -> Any:
@@ -88,8 +131,21 @@ class Studio:
     def _build(self, name: str) -> Any:
         from fundus_studio import pipeline
 
-        if name == "acgan":
-            return pipeline.LabelSampler.from_checkpoint(self.path(name))
+        if name in GENERATORS.values():
+            from fundus_studio.checkpoint import load_model
+            from fundus_studio.models.acgan import Generator
+            from fundus_studio.models.label_flow import FlowUNet
+
+            prior = load_model(self.path(name), expected=FlowUNet if name == "label_flow" else Generator)
+            upsampler = self._get(UPSAMPLER) if self.has(UPSAMPLER) else None
+            if upsampler is not None and upsampler.config.coarse_resolution != prior.config.resolution:
+                upsampler = None  # e.g. the paper's 256² ACGAN: its probabilities are upsampled bilinearly
+            return pipeline.LabelSampler(prior, upsampler=upsampler)  # type: ignore[arg-type]
+        if name == UPSAMPLER:
+            from fundus_studio.checkpoint import load_model
+            from fundus_studio.models.label_flow import LabelUpsampler
+
+            return load_model(self.path(name), expected=LabelUpsampler)
         if name == "spade":
             return pipeline.Renderer.from_checkpoint(self.path(name))
         if name == "unet":
@@ -100,16 +156,21 @@ class Studio:
 
     # --- the steps -------------------------------------------------------------------------------
 
-    def sample_labels(self, *, grade: int, count: int, seed: int, size: int = 512) -> np.ndarray:
+    def sampler(self, generator: str | None = None) -> Any:
+        """The LabelSampler of ``generator`` (see :meth:`generator_name`)."""
+        return self._get(GENERATORS[self.generator_name(generator)])
+
+    def sample_labels(self, *, grade: int, count: int, seed: int, size: int = 512,
+                      generator: str | None = None) -> np.ndarray:
         """``count`` label maps of DR ``grade`` → ``(count, size, size)`` uint8."""
-        return self._get("acgan").sample(grade=grade, count=count, seed=seed, size=size)
+        return self.sampler(generator).sample(grade=grade, count=count, seed=seed, size=size)
 
     def render(self, label_map: np.ndarray, *, seed: int, style: np.ndarray | None = None) -> np.ndarray:
         """``(S, S)`` label map → ``(S, S, 3)`` uint8 photo; ``style`` is an optional reference photo."""
         return self._get("spade").render(label_map, seed=seed, style=style)
 
     def sample_pairs(
-        self, *, grades: Sequence[int], per_grade: int, seed: int, size: int = 512
+        self, *, grades: Sequence[int], per_grade: int, seed: int, size: int = 512, generator: str | None = None
     ) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
         """``per_grade`` (label map, render, grade, seed) pairs for each grade. Pair i (grades in turn)
         is seeded exactly as ``fundus-studio sample`` seeds sample i: see :func:`pair_seeds`."""
@@ -118,7 +179,7 @@ class Studio:
         out = []
         for i, grade in enumerate(g for g in grades for _ in range(per_grade)):
             label_seed, photo_seed = pair_seeds(seed, i)
-            index_map = self.sample_labels(grade=grade, count=1, seed=label_seed, size=size)[0]
+            index_map = self.sample_labels(grade=grade, count=1, seed=label_seed, size=size, generator=generator)[0]
             out.append((index_map, self.render(index_map, seed=photo_seed), grade, label_seed))
         return out
 
@@ -172,8 +233,8 @@ class Studio:
             except (OSError, json.JSONDecodeError) as err:
                 lines.append(f"| {name} | {role} | unreadable ({err}) | | |")
         card = self.checkpoints / "README.md"
-        if card.is_file():
-            lines += ["", card.read_text()]
+        if card.is_file():  # its markdown, without the YAML metadata that model zoos read
+            lines += ["", split_front_matter(card.read_text())[1].lstrip("\n")]
         lines += [
             "",
             "### Other checkpoints",

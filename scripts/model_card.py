@@ -18,12 +18,14 @@ from typing import Any
 
 import yaml
 
+from fundus_studio.studio import CARD_FENCE, split_front_matter
+
 ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / "checkpoints" / "README.md"
 CHECKPOINTS = ROOT / "checkpoints"
 REPORT = ROOT / "reports" / "phantoms" / "report.json"
 DIGITS = 4  # metric values are rounded to this many decimals
-FENCE = "---\n"
+FENCE = CARD_FENCE
 # The classes whose render IoU the report's targets name; the U-Net's F1s are taken per class it has.
 RENDER_IOU_CLASSES: tuple[str, ...] = ("optic_disc", "vessel", "haemorrhage", "hard_exudate")
 PHANTOM_DATA = "fundus-studio-phantoms"  # procedural, made by `fundus-studio phantom`; not a Hub dataset
@@ -132,13 +134,7 @@ def front_matter(folder: Path = CHECKPOINTS, report_path: Path = REPORT) -> str:
     return FENCE + body + FENCE
 
 
-def split_card(text: str) -> tuple[str | None, str]:
-    """``(front matter with fences or None, the markdown after it)``."""
-    if text.startswith(FENCE):
-        end = text.find("\n" + FENCE, len(FENCE) - 1)
-        if end >= 0:
-            return text[: end + 1 + len(FENCE)], text[end + 1 + len(FENCE):]
-    return None, text
+split_card = split_front_matter  # (front matter with fences or None, the markdown after it)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from fundus_studio.dataset import DatasetWriter
 from fundus_studio.errors import InputError
 from fundus_studio.models.acgan import ACGANConfig, Discriminator, Generator
 from fundus_studio.pipeline import LabelSampler, LabelSamplingConfig, fov_disc, probabilities_to_labels
-from training import acgan
+from training import acgan, harness
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_SIZE = 64
@@ -363,3 +363,15 @@ def test_classifier_and_evaluation_end_to_end(dataset: Path, tmp_path: Path) -> 
     assert "w1_fraction" in g4["classes"]["haemorrhage"]
     # Without a classifier beside the checkpoint the command says how to make one.
     assert evaluate_labels.main(["--checkpoint", str(ckpt), "--data", str(dataset)]) == 2
+
+
+def test_soft_reals_train_against_soft_fakes(dataset: Path, tmp_path: Path) -> None:
+    """downsample=fractions: D sees reals as class fractions (rows summing to 1), fakes as softmax."""
+    ckpt = smoke(dataset, tmp_path / "soft", "--set", "downsample=fractions", "--set", "fake_input=softmax")
+    assert json.loads(ckpt.with_suffix(".json").read_text())["data"]["downsample"] == "fractions"
+    data = harness.load_label_maps(dataset, resolution=8, downsample="fractions")
+    soft = data.soft(torch.arange(len(data)))
+    assert torch.allclose(soft.sum(dim=1), torch.ones(len(data), 8, 8), atol=1e-2)
+    assert ((soft > 0.05) & (soft < 0.95)).any()  # partial occupancies survive: it is not one-hot
+    with pytest.raises(ValueError, match="softmax"):
+        acgan.TrainConfig(downsample="fractions", fake_input="straight-through")

@@ -44,11 +44,11 @@ def whole_run(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_sampling_writes_a_dataset_with_seeds_grades_and_provenance(whole_run: Path, tiny_checkpoints: Path) -> None:
     ds = StudioDataset.open(whole_run)
     hashes = {k: v for k, v in Studio.from_checkpoints(tiny_checkpoints).checkpoint_hashes().items()
-              if k in ("acgan", "spade")}
+              if k in ("label_flow", "label_upsampler", "spade")}  # the default generator: the flow prior
     assert [s.id for s in ds] == [f"sample-{i:06d}" for i in range(COUNT)]
     assert [s.grade for s in ds] == [i % labels.NUM_GRADES for i in range(COUNT)]
     assert [s.seed for s in ds] == [sample_seed(SEED, i) for i in range(COUNT)]
-    assert {s.source for s in ds} == {generate.SOURCE}
+    assert {s.source for s in ds} == {generate.source_name("flow")} == {"flow+spade"}
     assert ds.extra_columns == PROVENANCE_COLUMNS
     assert {s.extra["provenance"] for s in ds} == {"sampled"}
     assert {s.extra["checkpoints"] for s in ds} == {hashes_text(hashes)}
@@ -226,13 +226,16 @@ def test_render_file_refuses_other_formats(tiny_checkpoints: Path, tmp_path: Pat
         render_file(palette, palette, checkpoints=tiny_checkpoints)
 
 
-@pytest.mark.parametrize("damage", ["corrupt spade", "missing acgan"])
+@pytest.mark.parametrize("damage", ["corrupt spade", "missing label_flow", "corrupt label_upsampler"])
 def test_a_bad_checkpoint_fails_before_any_output(tiny_checkpoints: Path, tmp_path: Path, damage: str) -> None:
     checkpoints = Path(shutil.copytree(tiny_checkpoints, tmp_path / "checkpoints"))
     kind, name = damage.split()
     path = checkpoints / f"{name}.safetensors"
     if kind == "corrupt":
-        path.write_bytes(path.read_bytes()[:-100] + b"\0" * 100)
+        data = bytearray(path.read_bytes())
+        mid = len(data) // 2  # inside the weights (the last bytes may hold zero-initialised layers)
+        data[mid: mid + 100] = bytes(b ^ 0xFF for b in data[mid: mid + 100])
+        path.write_bytes(bytes(data))
     else:
         path.unlink()
     with pytest.raises(CheckpointError, match=f"{path}.*{kind}") as err:
@@ -259,3 +262,14 @@ def test_merge_tolerates_render_rounding_only(whole_run: Path, tmp_path: Path, c
     else:
         with pytest.raises(DatasetError, match="sample-000000 differs"):
             merge_datasets([whole_run, twin], out=tmp_path / "merged", progress=False)
+
+
+def test_the_acgan_samples_when_asked_and_a_run_never_mixes_generators(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    out = generate.sample_dataset(tmp_path / "acgan", count=2, grade=None, seed=SEED, size=SIZE,
+                                  checkpoints=tiny_checkpoints, generator="acgan", progress=False)
+    ds = StudioDataset.open(out)
+    assert {s.source for s in ds} == {"acgan+spade"}
+    assert set(ds.info["meta"]["checkpoints"]) == {"acgan", "spade"}
+    with pytest.raises(DatasetError, match="checkpoints"):
+        generate.sample_dataset(out, count=2, grade=None, seed=SEED, size=SIZE, checkpoints=tiny_checkpoints,
+                                progress=False)

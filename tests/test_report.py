@@ -201,8 +201,12 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     assert data["labels"]["grade_fidelity"]["generated"]["count"] == 3 * labels.NUM_GRADES
     assert data["renders"]["count"] == 5 and data["downstream"]["real_train"] == 10
     assert data["downstream"]["test"] == 20
-    assert {t["key"] for t in data["targets"]} == {"grade_accuracy", "grade_kappa", "iou_optic_disc", "iou_vessel",
-                                                   "iou_haemorrhage", "iou_hard_exudate", "downstream_hard_exudate"}
+    assert {t["key"] for t in data["targets"]} == {
+        "grade_accuracy", "grade_kappa", "plausible_disc", "vessel_share", "connectivity", "vessel_width",
+        "lesion_share_2", "lesion_share_3", "lesion_share_4", "lesion_free_0", "diversity", "memorisation",
+        "iou_optic_disc", "iou_vessel", "iou_haemorrhage", "iou_hard_exudate", "downstream_hard_exudate"}
+    assert data["labels"]["generator"] == "acgan" and data["labels"]["others"] == {}  # the folder has no flow prior
+    assert data["labels"]["size"] == 64  # generated at the real maps' side
     # The tiny classifier records no training data, so no real maps count as unseen: said, not dropped.
     assert next(t for t in data["targets"] if t["key"] == "grade_accuracy")["met"] is None
     runs = {str(p.relative_to(out / "downstream")) for p in (out / "downstream").glob("*/runs/*")}

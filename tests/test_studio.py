@@ -96,19 +96,66 @@ def test_missing_checkpoint_says_how_to_regenerate(tmp_path) -> None:
     assert "missing" in studio.describe()
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_checkpoints) -> None:
+@pytest.mark.parametrize("name, generator", [("label_flow", None), ("label_upsampler", None), ("acgan", "acgan")])
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_checkpoints, name: str, generator: str | None) -> None:
     import shutil
 
     for f in tiny_checkpoints.iterdir():
         shutil.copy(f, tmp_path / f.name)
-    weights = tmp_path / "acgan.safetensors"
+    weights = tmp_path / f"{name}.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"acgan\.safetensors: corrupt"):
-        Studio.from_checkpoints(tmp_path).sample_labels(grade=0, count=1, seed=0, size=SIZE)
+    with pytest.raises(CheckpointError, match=rf"{name}\.safetensors: corrupt"):
+        Studio.from_checkpoints(tmp_path).sample_labels(grade=0, count=1, seed=0, size=SIZE, generator=generator)
 
 
 def test_checkpoint_hashes_and_description(studio: Studio) -> None:
     hashes = studio.checkpoint_hashes()
-    assert set(hashes) == {"acgan", "spade", "unet", "grade_classifier"}
+    assert set(hashes) == {"label_flow", "label_upsampler", "acgan", "spade", "unet", "grade_classifier"}
     assert all(len(h) == 16 for h in hashes.values())
     assert "untrained test model" in studio.describe()
+
+
+def test_the_flow_prior_is_the_default_generator_and_the_acgan_stays_selectable(tiny_checkpoints) -> None:
+    from fundus_studio import Studio as TopLevel  # the package exports the API
+
+    studio = TopLevel.from_checkpoints(tiny_checkpoints)
+    assert studio.generator_name() == "flow"
+    assert studio.sampling_checkpoints() == ("label_flow", "label_upsampler")
+    assert studio.sampling_checkpoints("acgan") == ("acgan",)  # 32² ACGAN: no upsampler of its side
+    flow = studio.sample_labels(grade=2, count=1, seed=3, size=SIZE)
+    acgan = studio.sample_labels(grade=2, count=1, seed=3, size=SIZE, generator="acgan")
+    assert not np.array_equal(flow, acgan)
+    assert np.array_equal(acgan, Studio(tiny_checkpoints, generator="acgan").sample_labels(grade=2, count=1, seed=3,
+                                                                                           size=SIZE))
+    with pytest.raises(InputError, match="unknown generator"):
+        studio.sample_labels(grade=2, count=1, seed=3, generator="diffusion")
+    with pytest.raises(InputError, match="unknown generator"):
+        Studio(tiny_checkpoints, generator="gan")
+
+
+def test_without_a_flow_prior_the_acgan_is_the_default(tiny_checkpoints, tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints, folder)
+    for name in ("label_flow.safetensors", "label_flow.json"):
+        (folder / name).unlink()
+    studio = Studio(folder)
+    assert studio.generator_name() == "acgan"
+    assert studio.sample_labels(grade=1, count=1, seed=0, size=SIZE).shape == (1, SIZE, SIZE)
+    with pytest.raises(CheckpointError, match="label_flow"):
+        studio.sample_labels(grade=1, count=1, seed=0, generator="flow")
+
+
+def test_models_tab_shows_the_card_without_its_yaml_metadata(tiny_checkpoints, tmp_path) -> None:
+    import shutil
+
+    from fundus_studio.studio import split_front_matter
+
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints, folder)
+    (folder / "README.md").write_text("---\nlicense: mit\ntags: [a]\n---\n\n# The card\n")
+    assert split_front_matter((folder / "README.md").read_text())[0] == "---\nlicense: mit\ntags: [a]\n---\n"
+    text = Studio(folder).describe()
+    assert "# The card" in text and "license: mit" not in text
+    assert split_front_matter("# no metadata\n") == (None, "# no metadata\n")

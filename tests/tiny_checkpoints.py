@@ -11,15 +11,20 @@ from fundus_studio.checkpoint import save_model
 from fundus_studio.labels import LESIONS
 from fundus_studio.models.acgan import ACGANConfig, Generator
 from fundus_studio.models.grade_classifier import GradeClassifier, GradeClassifierConfig
+from fundus_studio.models.label_flow import FlowUNet, LabelFlowConfig, LabelUpsampler, UpsamplerConfig
 from fundus_studio.models.spade import SPADE_PRESETS, SpadeGenerator, StyleEncoder
 from fundus_studio.models.unet import UNET_PRESETS, UNet, UNetConfig
 
 
 def write_tiny_checkpoints(folder: Path, *, seed: int = 0) -> Path:
-    """Save seeded, randomly initialised acgan / spade (+ encoder) / unet / grade_classifier models."""
+    """Save seeded, randomly initialised label_flow + label_upsampler / acgan / spade (+ encoder) / unet /
+    grade_classifier models."""
     torch.manual_seed(seed)
     smoke = SPADE_PRESETS["smoke"]
     models = {
+        "label_flow": FlowUNet(LabelFlowConfig(resolution=16, channels=(8, 16), emb_dim=16)),
+        "label_upsampler": LabelUpsampler(UpsamplerConfig(coarse_resolution=16, factor=4, channels=(8, 8, 8),
+                                                          coarse_blocks=1)),
         "acgan": Generator(ACGANConfig(resolution=32, z_dim=16, grade_dim=4, g_channels=8, g_max_channels=16,
                                        d_channels=4, d_max_channels=8)),
         "spade": SpadeGenerator(smoke.generator),

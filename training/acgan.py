@@ -57,7 +57,8 @@ class TrainConfig:
     mode_seeking_weight: float = 0.0  # MSGAN term (Mao et al. 2019) against z being ignored; 0 = off
     fake_input: str = "softmax"  # what D sees of a fake: softmax | straight-through (one-hot forward)
     balanced: bool = False  # draw batches grade-balanced (with replacement)
-    downsample: str = "area"  # how dataset maps are brought to model.resolution (harness.resize_index_map)
+    downsample: str = "area"  # how dataset maps are brought to model.resolution (harness.resize_index_map);
+    # "fractions": D sees reals as soft class fractions (thin vessels survive as partial occupancy)
     ema_half_life_images: float = 10_000.0  # G_ema's weight half-life in generated images
     log_every: int = 10  # steps between metrics rows
     sample_every: int = 250  # steps between sample grids
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ValueError("learning rates must be positive and loss weights non-negative")
         if not 0.0 <= self.aux_label_smoothing < 1.0:
             raise ValueError(f"aux_label_smoothing must lie in [0, 1), got {self.aux_label_smoothing}")
+        if self.downsample == "fractions" and self.fake_input != "softmax":
+            raise ValueError("soft reals (downsample='fractions') need soft fakes: fake_input='softmax'")
         if self.model.mbstd_group and self.batch % mbstd_group_size(2 * self.batch, self.model.mbstd_group):
             raise ValueError(f"batch {self.batch} would mix reals and fakes in one minibatch-stddev group of "
                              f"{mbstd_group_size(2 * self.batch, self.model.mbstd_group)}: use a multiple of "
@@ -108,6 +111,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         # classifier on reals only, label-smoothed; D ahead of G (TTUR-style
         # learning rates, one G update per D update instead of the paper's two).
         "fake_input": "straight-through", "lr_g": 2e-4, "lr_d": 4e-4, "g_steps": 1, "aux_d_on_fakes": False,
+        "aux_label_smoothing": 0.1, "aux_weight_g": 1.0,
+    },
+    # demo-cpu on soft maps: reals are 64² class fractions and fakes G's softmax, so a vessel is a
+    # partial occupancy for both; the label upsampler turns the result into sharp 512² classes.
+    "soft-cpu": {
+        "model": {"resolution": 64, "z_dim": 64, "grade_dim": 16, "g_channels": 8, "g_max_channels": 128,
+                  "d_channels": 8, "d_max_channels": 64},
+        "ada": {"speed_images": 100_000},
+        "batch": 16, "steps": 3000, "downsample": "fractions", "ema_half_life_images": 5_000.0,
+        "fake_input": "softmax", "lr_g": 2e-4, "lr_d": 4e-4, "g_steps": 1, "aux_d_on_fakes": False,
         "aux_label_smoothing": 0.1, "aux_weight_g": 1.0,
     },
     # The paper's scale (256², ≈ 10 : 1 G : D), for GPUs.
@@ -198,6 +211,8 @@ def train(cfg: TrainConfig) -> Path:
                                    downsample=cfg.downsample)
     run.log.info("data: %d graded maps at %d² (grades %s; %d without grade left out)", len(data),
                  cfg.model.resolution, data.description["grade_counts"], data.description["skipped_without_grade"])
+    # "fractions": reals are soft class fractions, so D compares soft with soft (fake_input softmax)
+    soft_reals = cfg.downsample == "fractions"
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     G = Generator(cfg.model).to(dev, memory_format=fmt)
     D = Discriminator(cfg.model).to(dev, memory_format=fmt)
@@ -235,7 +250,8 @@ def train(cfg: TrainConfig) -> Path:
         for step in run.steps(state, total=cfg.steps, snapshot_every=cfg.snapshot_every,
                               postfix_keys=("loss_d", "loss_g", "ada_p", "r_t")):
             idx = sampler.indices(step)
-            real, y_real = data.one_hot(idx, device=dev).contiguous(memory_format=fmt), data.grades[idx].to(dev)
+            real = data.soft(idx, device=dev) if soft_reals else data.one_hot(idx, device=dev)
+            real, y_real = real.contiguous(memory_format=fmt), data.grades[idx].to(dev)
             b = real.shape[0]
 
             # D: hinge on realness + grade CE on reals (and fakes), one forward for both halves (group-

@@ -9,11 +9,15 @@
 (b) Lesion statistics per grade and class: mean pixel fraction and mean number of connected
     components, generated vs real, with the Wasserstein-1 distance between the per-map fractions.
 (c) Diversity: mean pairwise pixel disagreement between maps of one grade, generated vs real.
+(d) Anatomy (``training.anatomy``), per grade, generated vs real at the output side (``size``):
+    one optic disc of plausible size, vessel share, tree connectivity, mean vessel width, lesion
+    share, lesion-free rate.
+(e) Memorisation: each map's share of differing pixels to its nearest training map at
+    ``anatomy.MEMORISATION_SIDE``², for generated maps and for the real maps of ``--data`` (which the
+    generator never saw); a generator that copies its training maps comes out far below the real ones.
 
-Generated maps are sampled at the side the classifier read real maps at (its ``map_resolution``),
-with a clean FOV; real maps are resized to that side the way the classifier's were (``downsample``).
-To judge a low-resolution generator fairly, train the classifier at the generator's resolution and
-downsampling (e.g. ``--set map_resolution=64 --set downsample=keep-lesions`` for ``demo-cpu``).
+Generated maps are sampled at ``size`` with a clean FOV, then brought to the side the classifier read
+real maps at (its ``map_resolution``) the way its real maps were (``downsample``).
 """
 
 from __future__ import annotations
@@ -36,26 +40,30 @@ from fundus_studio.errors import CheckpointError, StudioError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.grade_classifier import GradeClassifier
 from fundus_studio.pipeline import LabelSampler, LabelSamplingConfig
-from training import harness
+from training import anatomy, harness
 from training.evaluate_segmentation import number
 from training.grade_classifier import predict
 
 CLASSIFIER_NAME = "grade_classifier.safetensors"
+UPSAMPLER_NAME = "label_upsampler.safetensors"
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    checkpoint: Path  # the generator (RUN/acgan.safetensors)
-    data: Path  # the real studio dataset
+    checkpoint: Path  # the generator (acgan or label_flow .safetensors)
+    data: Path  # the real studio dataset (held out from the generator's training)
     classifier: Path | None = None  # grade classifier; default: beside the checkpoint
+    upsampler: Path | None = None  # label upsampler; default: beside the checkpoint when present and of its side
+    train_data: Path | None = None  # the generator's training maps (memorisation); default: as its JSON records
     out: Path | None = None  # JSON report
     per_grade: int = 100  # generated maps per grade
+    size: int = 512  # side at which maps are generated and their anatomy measured
     seed: int = 0  # sampling seed
     diversity_pairs: int = 200  # random pairs per grade for the disagreement estimate
 
     def __post_init__(self) -> None:
-        if self.per_grade < 2 or self.diversity_pairs < 1:
-            raise ValueError("per_grade must be ≥ 2 and diversity_pairs ≥ 1")
+        if self.per_grade < 2 or self.diversity_pairs < 1 or self.size < 16:
+            raise ValueError("per_grade must be ≥ 2, diversity_pairs ≥ 1 and size ≥ 16")
 
 
 def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, *, num: int = labels.NUM_GRADES) -> float:
@@ -78,19 +86,55 @@ def lesion_stats(maps: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     return out
 
 
-def disagreement(maps: np.ndarray, *, pairs: int, rng: np.random.Generator) -> float:
-    """Mean fraction of pixels on which two random different maps disagree."""
-    if len(maps) < 2:
-        return float("nan")
-    i = rng.integers(0, len(maps), pairs)
-    j = (i + rng.integers(1, len(maps), pairs)) % len(maps)
-    return float(np.mean([(maps[a] != maps[b]).mean() for a, b in zip(i, j)]))
+# Mean share of pixels on which two random different maps disagree (kept here under its old name).
+disagreement = anatomy.pairwise_disagreement
 
 
 def _same_dataset(data: Path, trained_on: str | None) -> bool:
     """Whether ``data`` is the dataset the classifier trained on (its held-out ids apply only there;
     sample ids such as ``phantom-000001`` repeat across datasets)."""
     return trained_on is None or Path(data).resolve() == Path(trained_on).resolve()
+
+
+def _upsampler(cfg: EvalConfig, prior_side: int) -> Path | None:
+    path = cfg.upsampler or cfg.checkpoint.parent / UPSAMPLER_NAME
+    if cfg.upsampler is None and (not path.is_file()
+                                  or read_info(path)["config"].get("coarse_resolution") != prior_side):
+        return None  # none beside the checkpoint, or one for another side
+    return path
+
+
+def _training_maps(cfg: EvalConfig) -> Path | None:
+    """The generator's training dataset: ``train_data``, else what its JSON records (if it exists)."""
+    if cfg.train_data is not None:
+        return cfg.train_data
+    recorded = (read_info(cfg.checkpoint).get("data") or {}).get("dataset")
+    return Path(recorded) if recorded and (Path(recorded) / "dataset.json").is_file() else None
+
+
+def _downsample(maps: np.ndarray, side: int, mode: str) -> np.ndarray:
+    return np.stack([harness.resize_index_map(m, side, mode=mode) for m in maps])
+
+
+def anatomy_block(generated: np.ndarray, real: np.ndarray, *, pairs: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Shape summaries (training.anatomy) of generated and real maps of one grade, and their diversity."""
+    return {"generated": anatomy.summarise([anatomy.measure(m) for m in generated]),
+            "real": anatomy.summarise([anatomy.measure(m) for m in real]) if len(real) else None,
+            "diversity_generated": anatomy.pairwise_disagreement(generated, pairs=pairs, rng=rng),
+            "diversity_real": anatomy.pairwise_disagreement(real, pairs=pairs, rng=rng)}
+
+
+def memorisation(generated: np.ndarray, real: np.ndarray, train: np.ndarray) -> dict[str, Any]:
+    """Nearest-training-map distances (share of differing pixels) of generated and held-out real maps,
+    all at ``anatomy.MEMORISATION_SIDE`` (area-resized)."""
+    side = anatomy.MEMORISATION_SIDE
+    small = {k: _downsample(v, side, "area") for k, v in (("gen", generated), ("real", real))}
+    train_small = train if train.shape[-1] == side else _downsample(train, side, "area")
+    gen_d = anatomy.nearest_distances(small["gen"], train_small)
+    real_d = anatomy.nearest_distances(small["real"], train_small)
+    return {"side": side, "train_count": len(train), "generated_median": float(np.median(gen_d)),
+            "real_median": float(np.median(real_d)), "generated_min": float(gen_d.min()),
+            "generated_p05": float(np.quantile(gen_d, 0.05)), "real_p05": float(np.quantile(real_d, 0.05))}
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -101,21 +145,25 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     classifier = load_model(classifier_path, expected=GradeClassifier)
     info = read_info(classifier_path)["data"]
     side = int(info.get("map_resolution", classifier.config.resolution))
-    real = harness.load_label_maps(cfg.data, resolution=side, require_grade=True,
-                                   downsample=info.get("downsample", "area"))
+    mode = info.get("downsample", "area")
+    real = harness.load_label_maps(cfg.data, resolution=side, require_grade=True, downsample=mode)
     if _same_dataset(cfg.data, info.get("dataset")):
         heldout_ids = set(info.get("heldout_ids", []))  # the classifier's own held-out share
         held = real.subset([i for i, s in enumerate(real.ids) if s in heldout_ids])
         held_source = "classifier held-out share"
     else:  # another dataset (e.g. a test set): every map is unseen by the classifier
         held, held_source = real, "whole dataset (not the classifier's training data)"
-    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, config=LabelSamplingConfig(size=side))
+    upsampler = _upsampler(cfg, read_info(cfg.checkpoint)["config"].get("resolution"))
+    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler,
+                                           config=LabelSamplingConfig(size=cfg.size))
     grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
-    generated = sampler.sample_grades(grades.tolist(), seed=cfg.seed)
+    full = sampler.sample_grades(grades.tolist(), seed=cfg.seed)  # (N, size, size)
+    generated = _downsample(full, side, mode)  # as the classifier's real maps were brought to its side
 
     # (a) grade fidelity
-    report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "classifier": str(classifier_path),
-                              "data": str(cfg.data), "resolution": side, "maps_per_grade": cfg.per_grade}
+    report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "upsampler": None if upsampler is None else str(upsampler),
+                              "classifier": str(classifier_path), "data": str(cfg.data), "resolution": side,
+                              "size": cfg.size, "maps_per_grade": cfg.per_grade}
     pred_gen = predict(classifier, torch.from_numpy(generated))
     fidelity = {"generated": {"accuracy": float((pred_gen == grades).mean()),
                               "kappa": quadratic_weighted_kappa(grades, pred_gen), "count": len(grades)}}
@@ -128,9 +176,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     report["grade_fidelity"] = fidelity
     report["chance_accuracy"] = 1.0 / labels.NUM_GRADES
 
-    # (b) lesion statistics and (c) diversity, per grade
+    # (b) lesion statistics, (c) diversity and (d) anatomy, per grade
     rng = np.random.default_rng(cfg.seed)
     real_maps, real_grades = real.maps.numpy(), real.grades.numpy()
+    real_full = harness.load_label_maps(cfg.data, resolution=cfg.size, require_grade=True, downsample="nearest")
+    full_maps, full_grades = real_full.maps.numpy(), real_full.grades.numpy()
     per_grade: dict[str, Any] = {}
     for g in range(labels.NUM_GRADES):
         gen_g, real_g = generated[grades == g], real_maps[real_grades == g]
@@ -152,8 +202,20 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "lesion_fraction_real": lesion_real, "classes": classes,
             "diversity_generated": disagreement(gen_g, pairs=cfg.diversity_pairs, rng=rng),
             "diversity_real": disagreement(real_g, pairs=cfg.diversity_pairs, rng=rng),
+            "anatomy": anatomy_block(full[grades == g], full_maps[full_grades == g], pairs=cfg.diversity_pairs,
+                                     rng=rng),
         }
     report["per_grade"] = per_grade
+    report["anatomy"] = {"generated": anatomy.summarise([anatomy.measure(m) for m in full]),
+                         "real": anatomy.summarise([anatomy.measure(m) for m in full_maps])}
+
+    # (e) memorisation
+    train_path = _training_maps(cfg)
+    if train_path is not None:
+        train = harness.load_label_maps(train_path, resolution=anatomy.MEMORISATION_SIDE, require_grade=False,
+                                        downsample="area")
+        report["memorisation"] = {"train_data": str(train_path),
+                                  **memorisation(full, full_maps, train.maps.numpy())}
     return report
 
 
@@ -181,7 +243,13 @@ def markdown(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_labels", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="generator checkpoint (acgan.safetensors)")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="generator checkpoint (acgan.safetensors or label_flow.safetensors)")
+    parser.add_argument("--upsampler", type=Path, default=None,
+                        help="label upsampler (default: label_upsampler.safetensors beside the checkpoint, if any)")
+    parser.add_argument("--train-data", type=Path, default=None,
+                        help="the generator's training maps, for memorisation (default: as its JSON records)")
+    parser.add_argument("--size", type=int, default=512, help="side of the generated maps (default 512)")
     parser.add_argument("--data", type=Path, required=True, help="real studio dataset")
     parser.add_argument("--classifier", type=Path, default=None, help="grade classifier checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
@@ -190,7 +258,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     args = parser.parse_args(argv)
     try:
         return EvalConfig(checkpoint=args.checkpoint, data=args.data, classifier=args.classifier, out=args.out,
-                          per_grade=args.per_grade, seed=args.seed)
+                          per_grade=args.per_grade, seed=args.seed, upsampler=args.upsampler,
+                          train_data=args.train_data, size=args.size)
     except ValueError as err:
         parser.error(str(err))
         raise

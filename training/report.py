@@ -5,9 +5,10 @@
 ``--data`` is a studio dataset of real (photo, label map, grade) triples that none of the models saw
 in training. Three stages, each written to OUT and reused when the command is run again:
 
-1. **labels** (``training.evaluate_labels``): the grade classifier's accuracy and quadratic-weighted
-   kappa on ``per_grade`` generated maps per grade versus on the real maps; lesion statistics per
-   grade; within-grade diversity.
+1. **labels** (``training.evaluate_labels``), for the default generator and every other one in the
+   folder: the grade classifier's accuracy and quadratic-weighted kappa on ``per_grade`` generated
+   maps per grade versus on the real maps; lesion statistics per grade; within-grade diversity;
+   anatomy (disc, vessel share, tree connectivity, vessel width, lesion share); memorisation.
 2. **renders**: ``render_count`` real pairs at the segmenter's side. A U-Net trained on real photos
    (``CHECKPOINTS/unet``, or ``--segmenter``) segments the real photos and the renders of their label
    maps; per-class IoU on both (SPADE's mIoU protocol, ``evaluate_renders.segmentation_fidelity``);
@@ -15,7 +16,7 @@ in training. Three stages, each written to OUT and reused when the command is ru
 3. **downstream** (Son et al.'s experiment, ``training.mix_experiment``): ``real_train`` pairs of
    ``--data`` (stratified by grade) are the scarce real training set, the rest the test set. A fresh
    U-Net per (source, synthetic share, seed) segments ``classes``; synthetic pairs come from a pool of
-   ``pool`` ACGAN + SPADE samples (``fundus-studio sample``) or from the copy-paste baseline built
+   ``pool`` generator + SPADE samples (the default generator) (``fundus-studio sample``) or from the copy-paste baseline built
    from the same real training pairs (``training.copy_paste``), every run with the same step budget.
 
 OUT/REPORT.md holds the tables and the project's targets, OUT/report.json every number, and
@@ -42,7 +43,7 @@ from fundus_studio.dataset import MANIFEST_FILE, DatasetWriter, Sample, StudioDa
 from fundus_studio.errors import CheckpointError, DatasetError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.unet import UNet
-from fundus_studio.studio import Studio, pair_seeds
+from fundus_studio.studio import GENERATORS, UPSAMPLER, Studio, pair_seeds
 from training import (
     copy_paste,
     evaluate_labels,
@@ -57,7 +58,7 @@ from training.report_text import SOURCES, markdown, targets
 
 STAGES: tuple[str, ...] = ("labels", "renders", "downstream")
 SETTINGS_FILE = "config.json"
-REQUIRED: tuple[str, ...] = ("acgan", "spade", "grade_classifier")  # and a U-Net: the folder's or --segmenter
+REQUIRED: tuple[str, ...] = ("spade", "grade_classifier")  # a generator and a U-Net (the folder's or --segmenter) too
 SAMPLES_PER_GRADE = 4  # columns of the samples figure
 
 
@@ -149,9 +150,18 @@ def _write(path: Path, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def label_stage(cfg: ReportConfig, studio: Studio) -> dict[str, Any]:
-    return evaluate_labels.evaluate(evaluate_labels.EvalConfig(
-        checkpoint=studio.path("acgan"), data=cfg.data, classifier=studio.path("grade_classifier"),
-        per_grade=cfg.per_grade, seed=cfg.seed))
+    """The default generator's evaluation, with every other generator of the folder under ``others``."""
+    def evaluate(name: str) -> dict[str, Any]:
+        upsampler = studio.path(UPSAMPLER) if UPSAMPLER in studio.sampling_checkpoints(name) else None
+        return evaluate_labels.evaluate(evaluate_labels.EvalConfig(
+            checkpoint=studio.path(GENERATORS[name]), data=cfg.data, classifier=studio.path("grade_classifier"),
+            upsampler=upsampler, per_grade=cfg.per_grade, seed=cfg.seed, size=size))
+
+    size = StudioDataset.open(cfg.data).size  # generated maps are measured at the real maps' side
+    default = studio.generator_name()
+    result = {**evaluate(default), "generator": default}
+    others = [n for n, ckpt in GENERATORS.items() if n != default and studio.has(ckpt)]
+    return {**result, "others": {n: evaluate(n) for n in others}}
 
 
 # --- stage 2: renders -----------------------------------------------------------------------------
@@ -277,6 +287,7 @@ def run(cfg: ReportConfig, *, command: str = "") -> Path:
     studio = Studio.from_checkpoints(cfg.checkpoints)
     for name in REQUIRED:  # every model loads (or its one-line error names it) before any hour of work
         studio.model(name)
+    studio.sampler()  # the default generator (and the upsampler it uses)
     segmenter = cfg.segmenter or studio.path("unet")
     judge = load_model(segmenter, expected=UNet) if cfg.segmenter else studio.model("unet").unet
     ds = StudioDataset.open(cfg.data)

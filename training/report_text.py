@@ -18,7 +18,17 @@ SOURCES: dict[str, str] = {"acgan-spade": "ACGAN + SPADE", "copy-paste": "copy-p
 # The project's targets (issue 6): generated/real grade accuracy, kappa, render/real IoU on these classes,
 # and the downstream gain of this synthetic share over real-only, in standard deviations across seeds.
 ACCURACY_RATIO_TARGET = 0.8
-KAPPA_TARGET = 0.7
+KAPPA_TARGET = 0.8
+# Label-map anatomy (issue 11): generated against real, at 512².
+DISC_RATE_TARGET = 0.95  # maps with one optic disc of plausible size
+VESSEL_SHARE_RANGE = (0.7, 1.3)  # median vessel share, generated / real
+CONNECTIVITY_RATIO_TARGET = 0.85  # median tree connectivity, generated / real (at least)
+WIDTH_RATIO_TARGET = 1.3  # median vessel width, generated / real (at most)
+LESION_SHARE_RANGE = (0.67, 1.5)  # mean lesion share per grade, generated / real
+LESION_SHARE_GRADES = (2, 3, 4)
+LESION_FREE_TARGET = 0.95  # grade-0 maps without any lesion pixel
+DIVERSITY_RATIO_TARGET = 0.7  # within-grade diversity, generated / real, every grade
+MEMORISATION_RATIO_TARGET = 0.8  # median nearest-training-map distance, generated / held-out real
 IOU_RATIO_TARGET = 0.8
 IOU_TARGET_CLASSES: tuple[int, ...] = (labels.OPTIC_DISC, labels.VESSEL, labels.HAEMORRHAGE, labels.HARD_EXUDATE)
 DOWNSTREAM_TARGET_FRACTION = 0.25
@@ -41,12 +51,64 @@ def label_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = _ratio(gen["accuracy"], real["accuracy"]) if real else None
     measured = (f"{number(gen['accuracy'])} / {number(real['accuracy'])} = {number(ratio, 2)}" if real
                 else f"{number(gen['accuracy'])}; no real maps unseen by the classifier to compare with")
-    return [
+    out = [
         _target("grade_accuracy", what="grade accuracy on generated maps / on real maps", measured=measured,
                 wanted=f"≥ {ACCURACY_RATIO_TARGET}", met=None if ratio is None else ratio >= ACCURACY_RATIO_TARGET),
         _target("grade_kappa", what="quadratic-weighted kappa on generated maps", measured=number(gen["kappa"]),
                 wanted=f"≥ {KAPPA_TARGET}", met=None if gen["kappa"] is None else gen["kappa"] >= KAPPA_TARGET),
     ]
+    return out + anatomy_targets(result) if "anatomy" in result else out
+
+
+def _ratio_target(key: str, *, what: str, gen: float | None, real: float | None, low: float | None,
+                  high: float | None, digits: int = 3) -> dict[str, Any]:
+    ratio = _ratio(gen, real)
+    wanted = (f"{low}–{high} ×" if low is not None and high is not None
+              else f"≥ {low} ×" if low is not None else f"≤ {high} ×")
+    met = None if ratio is None else (low is None or ratio >= low) and (high is None or ratio <= high)
+    return _target(key, what=what, measured=f"{number(gen, digits)} / {number(real, digits)} = {number(ratio, 2)}",
+                   wanted=wanted, met=met)
+
+
+def anatomy_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's targets on the anatomy, lesions, diversity and memorisation of generated maps."""
+    gen, real = result["anatomy"]["generated"], result["anatomy"]["real"]
+    rate = gen["plausible_disc_rate"]
+    out = [
+        _target("plausible_disc", what="maps with one optic disc of plausible size (real: "
+                f"{number(real['plausible_disc_rate'], 2)})", measured=number(rate, 3),
+                wanted=f"≥ {DISC_RATE_TARGET}", met=None if rate is None else rate >= DISC_RATE_TARGET),
+        _ratio_target("vessel_share", what="vessel share of the FOV (median), generated / real",
+                      gen=gen["vessel_share"], real=real["vessel_share"], low=VESSEL_SHARE_RANGE[0],
+                      high=VESSEL_SHARE_RANGE[1]),
+        _ratio_target("connectivity", what="tree connectivity (median), generated / real", gen=gen["connectivity"],
+                      real=real["connectivity"], low=CONNECTIVITY_RATIO_TARGET, high=None),
+        _ratio_target("vessel_width", what="mean vessel width in px (median), generated / real",
+                      gen=gen["vessel_width"], real=real["vessel_width"], low=None, high=WIDTH_RATIO_TARGET, digits=2),
+    ]
+    per_grade = result["per_grade"]
+    for g in LESION_SHARE_GRADES:
+        a = per_grade[str(g)]["anatomy"]
+        out.append(_ratio_target(f"lesion_share_{g}", what=f"lesion share of the FOV, grade {g}, generated / real",
+                                 gen=a["generated"]["lesion_share"], real=(a["real"] or {}).get("lesion_share"),
+                                 low=LESION_SHARE_RANGE[0], high=LESION_SHARE_RANGE[1], digits=4))
+    free = per_grade["0"]["anatomy"]["generated"]["lesion_free_rate"]
+    out.append(_target("lesion_free_0", what="grade-0 maps without lesions", measured=number(free, 3),
+                       wanted=f"≥ {LESION_FREE_TARGET}", met=None if free is None else free >= LESION_FREE_TARGET))
+    ratios = [_ratio(per_grade[str(g)]["anatomy"]["diversity_generated"],
+                     per_grade[str(g)]["anatomy"]["diversity_real"]) for g in range(labels.NUM_GRADES)]
+    out.append(_target("diversity", what="within-grade diversity, generated / real, grades 0–4",
+                       measured=" / ".join(number(r, 2) for r in ratios), wanted=f"each ≥ {DIVERSITY_RATIO_TARGET}",
+                       met=None if None in ratios else min(ratios) >= DIVERSITY_RATIO_TARGET))
+    mem = result.get("memorisation")
+    what = "median distance to the nearest training map, generated / held-out real"
+    if mem is None:
+        out.append(_target("memorisation", what=what, measured="not measured (the generator's training maps are "
+                           "not at hand)", wanted=f"≥ {MEMORISATION_RATIO_TARGET} ×", met=None))
+    else:
+        out.append(_ratio_target("memorisation", what=what, gen=mem["generated_median"], real=mem["real_median"],
+                                 low=MEMORISATION_RATIO_TARGET, high=None, digits=4))
+    return out
 
 
 def render_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,14 +180,69 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def anatomy_table(r: dict[str, Any]) -> list[str]:
+    """Per grade: the anatomy of generated and real maps (medians; lesion share a mean)."""
+    lines = ["| grade | plausible disc gen/real | vessel share gen/real | connectivity gen/real | vessel width px "
+             "gen/real | lesion share gen/real | lesion-free gen/real | diversity gen/real |", "|---|---|---|---|---|---|---|---|"]
+    for g, v in r["per_grade"].items():
+        a = v["anatomy"]
+        gen, real = a["generated"], a["real"] or {}
+        cells = [f"{number(gen[k], d)}/{number(real.get(k), d)}" for k, d in
+                 (("plausible_disc_rate", 2), ("vessel_share", 3), ("connectivity", 2), ("vessel_width", 2),
+                  ("lesion_share", 4), ("lesion_free_rate", 2))]
+        cells.append(f"{number(a['diversity_generated'], 3)}/{number(a['diversity_real'], 3)}")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def generators_table(r: dict[str, Any]) -> list[str]:
+    """The default generator beside the others, on the headline figures."""
+    rows = {r.get("generator", "default"): r, **r.get("others", {})}
+    lines = ["| generator | grade acc. | kappa | plausible disc | vessel share | connectivity | vessel width | "
+             "lesion share g2/g3/g4 | diversity g0–g4 | memorisation |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, x in rows.items():
+        gen = x["anatomy"]["generated"]
+        fid = x["grade_fidelity"]["generated"]
+        les = "/".join(number(x["per_grade"][str(g)]["anatomy"]["generated"]["lesion_share"], 3)
+                       for g in LESION_SHARE_GRADES)
+        div = "/".join(number(x["per_grade"][str(g)]["anatomy"]["diversity_generated"], 2)
+                       for g in range(labels.NUM_GRADES))
+        mem = x.get("memorisation") or {}
+        lines.append(f"| {name} | {number(fid['accuracy'])} | {number(fid['kappa'])} | "
+                     f"{number(gen['plausible_disc_rate'], 2)} | {number(gen['vessel_share'])} | "
+                     f"{number(gen['connectivity'], 2)} | {number(gen['vessel_width'], 2)} | {les} | {div} | "
+                     f"{number(mem.get('generated_median'), 4)} |")
+    real = r["anatomy"]["real"]
+    real_les = "/".join(number((r["per_grade"][str(g)]["anatomy"]["real"] or {}).get("lesion_share"), 3)
+                        for g in LESION_SHARE_GRADES)
+    real_div = "/".join(number(r["per_grade"][str(g)]["anatomy"]["diversity_real"], 2) for g in range(labels.NUM_GRADES))
+    real_acc = r["grade_fidelity"].get("heldout_real", {})
+    lines.append(f"| real (held out) | {number(real_acc.get('accuracy'))} | {number(real_acc.get('kappa'))} | "
+                 f"{number(real['plausible_disc_rate'], 2)} | {number(real['vessel_share'])} | "
+                 f"{number(real['connectivity'], 2)} | {number(real['vessel_width'], 2)} | {real_les} | {real_div} | "
+                 f"{number((r.get('memorisation') or {}).get('real_median'), 4)} |")
+    return lines
+
+
 def label_section(r: dict[str, Any]) -> list[str]:
-    return ["## 1. Label maps (ACGAN)", "",
-            (f"{r['maps_per_grade']} generated maps per grade at {r['resolution']}² against the real maps of "
-             f"`{r['data']}`, judged by `{r['classifier']}`. Lesion pixel fractions are means over maps; W1 is "
-             "the Wasserstein-1 distance between the per-map fractions; diversity is the mean share of pixels "
-             "on which two maps of one grade differ; – where undefined (a grade without real maps)."), "",
-            evaluate_labels.markdown(r), "",
-            "![lesion statistics per grade](lesions.png)", "", "![generated maps and renders](samples.png)", ""]
+    name = r.get("generator", "the generator")
+    lines = [f"## 1. Label maps (default generator: {name})", "",
+             (f"{r['maps_per_grade']} generated maps per grade at {r.get('size', r['resolution'])}² against the "
+              f"real maps of `{r['data']}`. Grade fidelity is judged by `{r['classifier']}` at {r['resolution']}²."
+              " Anatomy (training/anatomy.py): one optic disc of plausible size (equivalent diameter 0.07–0.20 of "
+              "the field of view, after closing the gaps vessels cut); vessel share of the field of view; tree "
+              "connectivity (share of vessel pixels in the largest component of vessels + disc); mean vessel "
+              "width (vessel area / skeleton length); lesion share of the field of view; diversity (share of "
+              "pixels two maps of one grade differ on). Memorisation: median share of differing pixels to the "
+              "nearest training map at 64², generated maps against held-out real ones."), ""]
+    if "anatomy" in r:
+        lines += ["### Generators side by side", "", *generators_table(r), "",
+                  f"### Anatomy per grade ({name})", "", *anatomy_table(r), ""]
+    return lines + ["### Grade fidelity and lesion statistics (at the classifier's side)", "",
+                    ("Lesion pixel fractions are means over maps; W1 is the Wasserstein-1 distance between the "
+                     "per-map fractions; – where undefined (a grade without real maps)."), "",
+                    evaluate_labels.markdown(r), "",
+                    "![lesion statistics per grade](lesions.png)", "", "![generated maps and renders](samples.png)", ""]
 
 
 def render_section(r: dict[str, Any]) -> list[str]:
