@@ -31,6 +31,7 @@ from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
 from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
 from fundus_studio.models.spade import SpadeGenerator, StyleEncoder, fold_spectral_norm
 from fundus_studio.models.unet import UNet
+from fundus_studio.style import StyleCache, StyleConfig, apply_style
 
 # A disc whose radius reaches the corners covers the whole square.
 MAX_FOV_RADIUS: float = math.sqrt(2.0)
@@ -287,15 +288,22 @@ class Renderer:
     not square or whose side is not a multiple of the network's stride is padded with ``outside``
     (centred) and the render is cropped back to the map's size.
 
+    With a style photo, the network draws the map with the encoder's code for that photo, then
+    :func:`fundus_studio.style.apply_style` moves the render's colour per class region, illumination
+    and background texture to the photo's (the network alone, trained on phantoms, cannot reach a
+    real photograph's colours). The photo's statistics are cached by content hash (``self.styles``).
+
     >>> renderer = Renderer.from_checkpoint("checkpoints/spade.safetensors")   # doctest: +SKIP
     >>> photo = renderer.render(label_map, seed=0)   # (H, W, 3) uint8
     """
 
     def __init__(self, generator: SpadeGenerator, *, encoder: StyleEncoder | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 style: StyleConfig = StyleConfig(), device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.generator = fold_spectral_norm(generator).to(self.device, memory_format=torch.channels_last).eval()
         self.encoder = None if encoder is None else fold_spectral_norm(encoder).to(self.device).eval()
+        # A style photo's statistics (an extraction: seconds) are measured once per photo and side.
+        self.styles = StyleCache(size=style.cache_size, config=style)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Renderer:
@@ -325,12 +333,19 @@ class Renderer:
 
     @torch.inference_mode()
     def render(self, label_map: np.ndarray, *, seed: int, style: np.ndarray | None = None) -> np.ndarray:
-        """``(H, W)`` uint8 class indices → ``(H, W, 3)`` uint8 photo. Unknown class values raise."""
+        """``(H, W)`` uint8 class indices → ``(H, W, 3)`` uint8 photo. Unknown class values raise.
+
+        ``style``: an ``(h, w, 3)`` uint8 fundus photo of any size whose colour, illumination and
+        background texture the render takes (then ``seed`` is not used); InputError if it has no field
+        of view or this renderer has no style input.
+        """
         label_map = check_index_map(label_map, what="label map to render")
         padded, shape = pad_to_stride(label_map, stride=self.stride)
+        latent = self.latent(seed=seed, style=style)  # a renderer without style input refuses first
+        stats = None if style is None else self.styles.get(style, side=max(label_map.shape))
         x = one_hot_tensor(padded).to(self.device).contiguous(memory_format=torch.channels_last)
-        out = self.generator(x, self.latent(seed=seed, style=style))
-        return _crop_back(tensor_to_photo(out)[0], shape)
+        out = _crop_back(tensor_to_photo(self.generator(x, latent))[0], shape)
+        return out if stats is None else apply_style(out, label_map, stats, config=self.styles.config)
 
 
 class Segmenter:

@@ -166,7 +166,9 @@ class Studio:
         return self.sampler(generator).sample(grade=grade, count=count, seed=seed, size=size)
 
     def render(self, label_map: np.ndarray, *, seed: int, style: np.ndarray | None = None) -> np.ndarray:
-        """``(S, S)`` label map → ``(S, S, 3)`` uint8 photo; ``style`` is an optional reference photo."""
+        """``(S, S)`` label map → ``(S, S, 3)`` uint8 photo; ``style`` is an optional reference fundus photo
+        (any size) whose colour per class region, illumination and background texture the render
+        takes (``fundus_studio.style``; its statistics are measured once per photo)."""
         return self._get("spade").render(label_map, seed=seed, style=style)
 
     def sample_pairs(
