@@ -561,7 +561,8 @@ def exposure_warning(host: str, auth: tuple[str, str] | None) -> str | None:
 def main() -> None:
     global demo, CANVAS_SIZE
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # others: warnings and up
+    logging.getLogger("fundus_studio").setLevel(logging.INFO)  # ours: one line per refused request too
     tune_malloc()  # renders at 512 spend much of their time faulting in fresh pages otherwise
     if args.checkpoints != CHECKPOINTS:
         STUDIO.reload(args.checkpoints)
