@@ -28,7 +28,7 @@ from skimage.metrics import structural_similarity
 
 from fundus_studio.checkpoint import paths_for, read_info
 from fundus_studio.errors import StudioError
-from fundus_studio.labels import NUM_CLASSES
+from fundus_studio.labels import NAMES, NUM_CLASSES, OUTSIDE
 from fundus_studio.metrics import SegmentationMetrics
 from fundus_studio.models.spade import SpadeGenerator, StyleEncoder
 from fundus_studio.models.unet import UNet
@@ -76,6 +76,119 @@ def photo_metrics(render: np.ndarray, photo: np.ndarray) -> tuple[float, float]:
     l1 = float(np.abs(render.astype(np.float32) - photo.astype(np.float32)).mean())
     ssim = float(structural_similarity(render, photo, channel_axis=-1, data_range=PIXEL_RANGE))
     return l1, ssim
+
+
+# --- a real photo's style: colour distance and background texture (issue 12) ---------------------
+
+OWN_STYLE_BLUR_PX = 2.0  # σ of the Gaussian blur before pixel metrics of own-style renders
+
+
+def colour_distance(render: np.ndarray, photo: np.ndarray, *, render_fov: np.ndarray, photo_fov: np.ndarray) -> float:
+    """CIELAB colour distance of two fundus images inside their fields of view: ΔE*76 (Euclidean
+    distance in L*a*b*) between the two mean colours, plus the Euclidean norm of the differences of
+    the per-channel standard deviations. 0 for equal colour statistics; same units as ΔE (about 2.3
+    is a just-noticeable difference). ``render``, ``photo``: ``(H, W, 3)`` uint8 sRGB; the FOVs
+    ``(H, W)`` bool (the two images may differ in size)."""
+    from skimage.color import rgb2lab
+
+    if not render_fov.any() or not photo_fov.any():
+        raise ValueError("colour distance needs non-empty fields of view")
+    a, b = rgb2lab(render)[render_fov], rgb2lab(photo)[photo_fov]
+    return float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0)) + np.linalg.norm(a.std(axis=0) - b.std(axis=0)))
+
+
+def texture_energy(image: np.ndarray, label_map: np.ndarray) -> float:
+    """Background texture of a fundus image ``(H, W, 3)`` uint8 drawn from / extracted as ``label_map``
+    ``(H, W)``: the energy (8-bit units²) of the green channel's band-pass residual — a difference of
+    Gaussians of σ = side/512 and 4·side/512 px, each a normalised convolution over the retinal
+    background only — over the background pixels at least 2 px from vessels, disc, lesions and the
+    FOV's edge. The energy is robust, (1.4826 × MAD)², so that vessels an extracted map misses do not
+    count as texture (``fundus_studio.style.texture_energy``, the measure the style transfer matches)."""
+    from fundus_studio.style import texture_energy as energy
+
+    return energy(image[..., 1].astype(np.float32), label_map)
+
+
+def texture_ratio(render: np.ndarray, photo: np.ndarray, *, render_map: np.ndarray, photo_map: np.ndarray
+                  ) -> float | None:
+    """Background texture energy of ``render`` / of ``photo`` (1 = as much fine structure as the photo);
+    None when the photo has none."""
+    ref = texture_energy(photo, photo_map)
+    return texture_energy(render, render_map) / ref if ref > 0 else None
+
+
+def blur_inside_fov(image: np.ndarray, fov: np.ndarray, *, sigma: float = OWN_STYLE_BLUR_PX) -> np.ndarray:
+    """Gaussian blur of σ px by normalised convolution inside ``fov`` (black outside stays out of it);
+    ``(H, W, 3)`` uint8 → uint8, black outside the FOV."""
+    from fundus_studio.style import masked_blur
+
+    out = np.rint(masked_blur(image.astype(np.float32), fov, sigma)).clip(0, 255).astype(np.uint8)
+    out[~fov] = 0
+    return out
+
+
+def paint_class_means(photo: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """The label map painted with this photo's own mean colour per class: ``(H, W, 3)`` uint8."""
+    means = np.zeros((NUM_CLASSES, 3))
+    for k in np.unique(label_map):
+        means[k] = photo[label_map == k].mean(axis=0)
+    return np.rint(means[label_map]).astype(np.uint8)
+
+
+def _summary(values: list[float | None]) -> dict[str, float | None]:
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else None, "sd": float(v.std()) if v.size else None,
+            "median": float(np.median(v)) if v.size else None, "count": int(v.size)}
+
+
+def own_style(renderer: Renderer, photos: np.ndarray, maps: np.ndarray, *, seed: int, keep: int = 0
+              ) -> tuple[dict[str, Any], list[tuple[np.ndarray, ...]]]:
+    """Each map of ``maps`` ``(N, S, S)`` rendered in the style of its own photo of ``photos``
+    ``(N, S, S, 3)`` (``render(map, style=photo)``), scored against
+    the photo after a ``OWN_STYLE_BLUR_PX`` blur inside the FOV (blur first: no map fixes a texture's
+    phase, so unblurred pixel metrics reward blur): L1 and SSIM, beside the same for the map painted
+    with the photo's own class means; plus texture ratio and colour distance. → (summary, the first
+    ``keep`` (photo, map, render, painted) tuples for a figure)."""
+    rows: dict[str, list[float | None]] = {k: [] for k in ("l1", "ssim", "flat_l1", "flat_ssim", "texture_ratio",
+                                                            "colour_distance")}
+    shown = []
+    for i, (photo, label) in enumerate(zip(photos, maps)):
+        fov = label != OUTSIDE
+        render = renderer.render(label, seed=seed + i, style=photo)
+        painted = paint_class_means(photo, label)
+        ref = blur_inside_fov(photo, fov)
+        l1, ssim = photo_metrics(blur_inside_fov(render, fov), ref)
+        fl1, fssim = photo_metrics(blur_inside_fov(painted, fov), ref)
+        for key, value in (("l1", l1), ("ssim", ssim), ("flat_l1", fl1), ("flat_ssim", fssim),
+                           ("texture_ratio", texture_ratio(render, photo, render_map=label, photo_map=label)),
+                           ("colour_distance", colour_distance(render, photo, render_fov=fov, photo_fov=fov))):
+            rows[key].append(value)
+        if i < keep:
+            shown.append((photo, label, render, painted))
+    return {"count": len(maps), "side": int(maps.shape[-1]), "blur_px": OWN_STYLE_BLUR_PX,
+            **{k: _summary(v) for k, v in rows.items()}}, shown
+
+
+def real_photo(renderer: Renderer, photo: np.ndarray, *, size: int, seed: int
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A real fundus photo: preprocessed to ``size`` by the one path, its map extracted (FOV, disc,
+    vessels: ``fundus-studio extract``), rendered in its own style and in the style of ``seed``; colour
+    distance and texture ratio of both against the photo. → (figures, images for a figure)."""
+    from fundus_studio.extract import label_map_from_preprocessed
+    from fundus_studio.preprocess import preprocess
+
+    pre = preprocess(photo, size=size)
+    label = label_map_from_preprocessed(pre.photo, pre.fov)
+    fov = label != OUTSIDE
+    images = {"photo": pre.photo, "map": label, "own": renderer.render(label, seed=seed, style=photo),
+              "seeded": renderer.render(label, seed=seed)}
+    figures: dict[str, Any] = {"size": size, "classes": {name: int((label == k).sum()) for k, name in enumerate(NAMES)
+                                                         if (label == k).any()}}
+    for mode in ("own", "seeded"):
+        figures[mode] = {
+            "colour_distance": colour_distance(images[mode], pre.photo, render_fov=fov, photo_fov=fov),
+            "texture_ratio": texture_ratio(images[mode], pre.photo, render_map=label, photo_map=label)}
+    return figures, images
 
 
 def untrained_like(renderer: Renderer, *, seed: int) -> Renderer:
