@@ -142,10 +142,52 @@ def _met(made: dict) -> dict[str, bool | None]:
 def test_targets_compare_ratios_and_the_downstream_gain_with_one_sd() -> None:
     made = _made()
     assert _met(made) == {"grade_accuracy": True, "grade_kappa": False, "iou_optic_disc": True, "iou_vessel": False,
-                          "iou_haemorrhage": True, "iou_hard_exudate": True,
+                          "iou_haemorrhage": True, "iou_hard_exudate": True, "own_style_flat": None,
+                          "own_style_texture": None, "real_colour": None,  # a render stage that predates them
                           "downstream_hard_exudate": False}  # 0.78/0.96 = 0.81; disc 0.7/0.8; gain 0.03 < sd 0.04
     made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0.25"]["pooled"]["f1"] = _stats(0.45, 0.04)
     assert _met(made)["downstream_hard_exudate"] is True
+
+
+def _summary(mean: float, median: float | None = None) -> dict[str, float]:
+    return {"mean": mean, "sd": 0.1, "median": mean if median is None else median, "count": 3}
+
+
+def test_style_targets_compare_own_style_with_flat_colour_and_real_photos_with_their_seeded_render() -> None:
+    made = _made()
+    made["renders"]["own_style"] = {"count": 3, "side": 512, "blur_px": 2.0, "l1": _summary(3.0),
+                                    "flat_l1": _summary(6.0), "ssim": _summary(0.95), "flat_ssim": _summary(0.9),
+                                    "texture_ratio": _summary(1.2), "colour_distance": _summary(2.0)}
+    photo = {"size": 512, "own": {"colour_distance": 5.0, "texture_ratio": 1.1},
+             "seeded": {"colour_distance": 11.0, "texture_ratio": 0.2}}
+    made["renders"]["real_photos"] = {"a": photo, "b": {**photo, "own": {"colour_distance": 6.0, "texture_ratio": 0.5}}}
+    met = _met(made)
+    assert met["own_style_flat"] is True and met["own_style_texture"] is True
+    assert met["real_colour:a"] is True and met["real_texture:a"] is True
+    assert met["real_colour:b"] is False and met["real_texture:b"] is False  # 6 > 11 / 2; 0.5 < 0.6
+    made["renders"]["own_style"]["ssim"] = _summary(0.85)  # L1 lower but SSIM not higher
+    made["renders"]["own_style"]["texture_ratio"] = _summary(1.2, median=1.7)
+    met = _met(made)
+    assert met["own_style_flat"] is False and met["own_style_texture"] is False
+    lines = "\n".join(report_text.style_section(made["renders"]))
+    assert "| a | 512 | the photo's own | 5.00 | 1.10 |" in lines and "own_style.png" in lines
+
+
+def test_render_stage_style_parts_on_tiny_checkpoints(checkpoints: Path, phantoms: Path, tmp_path: Path) -> None:
+    from fundus_studio.studio import Studio
+
+    cfg = report.ReportConfig(checkpoints=checkpoints, data=phantoms, out=tmp_path, style_count=2)
+    studio = Studio.from_checkpoints(checkpoints)
+    ids = [s.id for s in StudioDataset.open(phantoms).samples[3:6]]
+    own = report.own_style_part(cfg, studio, ids=ids)
+    assert own["count"] == 2 and own["ids"] == ids[:2] and own["side"] == SIZE
+    assert own["l1"]["count"] == 2 and own["flat_l1"]["mean"] > 0 and own["colour_distance"]["mean"] >= 0
+    photos = report.real_photo_part(cfg, studio)
+    (name, r), = photos.items()
+    assert "retina" in name and r["size"] == SIZE and r["classes"]["retina"] > 0
+    assert r["own"]["colour_distance"] < r["seeded"]["colour_distance"]  # even an untrained renderer follows
+    for figure in ("own_style", "real_photos"):
+        assert (tmp_path / f"{figure}.png").read_bytes()[:8] == PNG
 
 
 def test_targets_say_not_measured_instead_of_passing_or_vanishing() -> None:
@@ -195,7 +237,7 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     assert "Measured on procedural phantoms" in md
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and " % |" in line]
     assert rows == ["real only", "ACGAN + SPADE", "copy-paste"]
-    for name in ("lesions", "samples", "render_iou", "downstream"):
+    for name in ("lesions", "samples", "render_iou", "downstream", "own_style", "real_photos"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG
     data = json.loads((out / "report.json").read_text())
     assert data["labels"]["grade_fidelity"]["generated"]["count"] == 3 * labels.NUM_GRADES
@@ -204,7 +246,10 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     assert {t["key"] for t in data["targets"]} == {
         "grade_accuracy", "grade_kappa", "plausible_disc", "vessel_share", "connectivity", "vessel_width",
         "lesion_share_2", "lesion_share_3", "lesion_share_4", "lesion_free_0", "diversity", "memorisation",
-        "iou_optic_disc", "iou_vessel", "iou_haemorrhage", "iou_hard_exudate", "downstream_hard_exudate"}
+        "iou_optic_disc", "iou_vessel", "iou_haemorrhage", "iou_hard_exudate", "downstream_hard_exudate",
+        "own_style_flat", "own_style_texture", "real_colour:skimage.data.retina (CC0)",
+        "real_texture:skimage.data.retina (CC0)"}
+    assert data["renders"]["own_style"]["count"] == 5  # style_count (30) capped by the render stage's 5 pairs
     assert data["labels"]["generator"] == "acgan" and data["labels"]["others"] == {}  # the folder has no flow prior
     assert data["labels"]["size"] == 64  # generated at the real maps' side
     # The tiny classifier records no training data, so no real maps count as unseen: said, not dropped.

@@ -12,7 +12,12 @@ in training. Three stages, each written to OUT and reused when the command is ru
 2. **renders**: ``render_count`` real pairs at the segmenter's side. A U-Net trained on real photos
    (``CHECKPOINTS/unet``, or ``--segmenter``) segments the real photos and the renders of their label
    maps; per-class IoU on both (SPADE's mIoU protocol, ``evaluate_renders.segmentation_fidelity``);
-   L1 and SSIM of renders against the real photos (``evaluate_renders.evaluate``).
+   L1 and SSIM of renders against the real photos (``evaluate_renders.evaluate``). The first
+   ``style_count`` of those pairs, at the data's side, rendered in their own photo's style and scored
+   after a 2-px blur against painting each class the photo's mean colour (``evaluate_renders.own_style``);
+   and the real photos of :data:`REAL_PHOTOS` rendered in their own style and in a seeded one: colour
+   distance and background texture (``evaluate_renders.real_photo``). Figures: own_style.png,
+   real_photos.png (drawn with the stage, kept with its cache).
 3. **downstream** (Son et al.'s experiment, ``training.mix_experiment``): ``real_train`` pairs of
    ``--data`` (stratified by grade) are the scarce real training set, the rest the test set. A fresh
    U-Net per (source, synthetic share, seed) segments ``classes``; synthetic pairs come from a pool of
@@ -60,6 +65,17 @@ STAGES: tuple[str, ...] = ("labels", "renders", "downstream")
 SETTINGS_FILE = "config.json"
 REQUIRED: tuple[str, ...] = ("spade", "grade_classifier")  # a generator and a U-Net (the folder's or --segmenter) too
 SAMPLES_PER_GRADE = 4  # columns of the samples figure
+OWN_STYLE_SHOWN = 3  # rows of the own-style figure
+
+
+def _skimage_retina() -> np.ndarray:
+    from skimage import data
+
+    return data.retina()
+
+
+# Real fundus photos whose licence lets the report show them, and how to load each (offline).
+REAL_PHOTOS: dict[str, Callable[[], np.ndarray]] = {"skimage.data.retina (CC0)": _skimage_retina}
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,7 @@ class ReportConfig:
     seed: int = 0  # sampling, pair choice, data split and the synthetic pools
     per_grade: int = 100  # labels: generated maps per grade
     render_count: int = 100  # renders: held-out pairs rendered and segmented
+    style_count: int = 30  # renders: of those, how many are also rendered at the data's side in their photo's style
     segmenter: Path | None = None  # renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)
     real_train: int = 50  # downstream: scarce real training pairs, stratified by grade; the rest is the test set
     test_count: int = 0  # downstream: cap on the test pairs (0 = every pair not in the real training set)
@@ -87,8 +104,10 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if not self.stages or set(self.stages) - set(STAGES):
             raise ValueError(f"stages must be some of {', '.join(STAGES)}, got {self.stages}")
-        if min(self.per_grade, self.render_count, self.real_train, self.pool, self.donors, self.seeds) < 1:
-            raise ValueError("per_grade, render_count, real_train, pool, donors and seeds must be positive")
+        if min(self.per_grade, self.render_count, self.style_count, self.real_train, self.pool, self.donors,
+               self.seeds) < 1:
+            raise ValueError("per_grade, render_count, style_count, real_train, pool, donors and seeds must be "
+                             "positive")
         if self.per_grade < 2:
             raise ValueError("per_grade must be at least 2 (diversity compares pairs of maps)")
         if self.test_count < 0:
@@ -183,7 +202,39 @@ def render_stage(cfg: ReportConfig, studio: Studio, *, segmenter: Path, unet_mod
              **evaluate_renders.class_mean_baseline(pairs)}
     return {"segmenter": str(segmenter), "segmenter_classes": [labels.NAMES[k] for k in unet_model.config.classes],
             "resolution": side, "spade_resolution": _trained_side(studio, "spade"), "count": len(pairs),
-            "ids": list(pairs.ids), "segmentation": fidelity, "photo": photo}
+            "ids": list(pairs.ids), "segmentation": fidelity, "photo": photo,
+            "own_style": own_style_part(cfg, studio, ids=list(pairs.ids)),
+            "real_photos": real_photo_part(cfg, studio)}
+
+
+def own_style_part(cfg: ReportConfig, studio: Studio, *, ids: list[str]) -> dict[str, Any]:
+    """The first ``style_count`` of the render stage's pairs at the data's side, each rendered in its
+    own photo's style; draws OUT/own_style.png."""
+    ds = StudioDataset.open(cfg.data)
+    by_id = {s.id: s for s in ds.samples}
+    chosen = [by_id[i] for i in ids[: cfg.style_count]]
+    photos, maps = np.stack([ds.image(s) for s in chosen]), np.stack([ds.label(s) for s in chosen])
+    result, shown = evaluate_renders.own_style(studio.model("spade"), photos, maps, seed=cfg.seed,
+                                               keep=OWN_STYLE_SHOWN)
+    report_plots.image_rows(
+        [[p, labels.to_color(m), r, q] for p, m, r, q in shown],
+        titles=["held-out photo", "its label map", "render in the photo's style", "each class its mean colour"],
+        row_labels=[s.id for s in chosen[: len(shown)]], path=cfg.out / "own_style.png")
+    return {**result, "ids": [s.id for s in chosen]}
+
+
+def real_photo_part(cfg: ReportConfig, studio: Studio) -> dict[str, Any]:
+    """Every photo of :data:`REAL_PHOTOS` at the data's side, its extracted map rendered in the photo's
+    own style and in the style of ``cfg.seed``; draws OUT/real_photos.png."""
+    size = StudioDataset.open(cfg.data).size
+    figures, rows = {}, []
+    for name, load in REAL_PHOTOS.items():
+        figures[name], images = evaluate_renders.real_photo(studio.model("spade"), load(), size=size, seed=cfg.seed)
+        rows.append([images["photo"], labels.to_color(images["map"]), images["own"], images["seeded"]])
+    report_plots.image_rows(rows, titles=["real photo (preprocessed)", "extracted label map",
+                                          "render in the photo's own style", f"render, seeded style ({cfg.seed})"],
+                            row_labels=list(REAL_PHOTOS), path=cfg.out / "real_photos.png")
+    return figures
 
 
 def _trained_side(studio: Studio, name: str) -> int | None:

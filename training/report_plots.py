@@ -115,3 +115,20 @@ def downstream(summary: dict[str, Any], *, fractions: tuple[float, ...], classes
             ax.grid(alpha=0.3)
             ax.legend()
     return _save(fig, path)
+
+
+def image_rows(rows: list[list[np.ndarray]], *, titles: list[str], row_labels: list[str], path: Path) -> Path:
+    """A grid of ``(H, W, 3)`` uint8 images: one row per entry of ``rows``, columns titled ``titles``."""
+    plt = _pyplot()
+    cols = len(titles)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 3.3 * len(rows)), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, row_labels)):
+        for c, image in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    return _save(fig, path)

@@ -32,6 +32,11 @@ MEMORISATION_RATIO_TARGET = 0.8  # median nearest-training-map distance, generat
 IOU_RATIO_TARGET = 0.8
 IOU_TARGET_CLASSES: tuple[int, ...] = (labels.OPTIC_DISC, labels.VESSEL, labels.HAEMORRHAGE, labels.HARD_EXUDATE)
 DOWNSTREAM_TARGET_FRACTION = 0.25
+# A real photo's style (issue 12): own-style colour distance at most this share of the seeded style's
+# and under the bound; background texture of renders within this range of the photos'.
+COLOUR_SHARE_TARGET = 0.5
+COLOUR_DISTANCE_TARGET = 12.0
+TEXTURE_RANGE = (0.6, 1.6)
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -111,6 +116,47 @@ def anatomy_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def style_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 12's targets on own-style renders: held-out pairs against painting each class the photo's
+    mean colour, and real photos' colour distance and background texture. Said not measured when the
+    stage predates them."""
+    low, high = TEXTURE_RANGE
+    own = result.get("own_style")
+    what_flat = ("held-out pairs in their own photo's style, after a 2-px blur: L1 and SSIM against painting each "
+                 "class the photo's mean colour")
+    what_tex = "held-out pairs in their own photo's style: background texture, render / photo (median)"
+    if own is None:
+        out = [_target(k, what=w, measured="not measured (the render stage predates it)", wanted=x, met=None)
+               for k, w, x in (("own_style_flat", what_flat, "L1 lower and SSIM higher"),
+                               ("own_style_texture", what_tex, f"{low}–{high} ×"))]
+    else:
+        l1, fl1, ssim, fssim = (own[k]["mean"] for k in ("l1", "flat_l1", "ssim", "flat_ssim"))
+        met = None if None in (l1, fl1, ssim, fssim) else l1 < fl1 and ssim > fssim
+        tex = own["texture_ratio"]["median"]
+        out = [_target("own_style_flat", what=f"{what_flat} ({own['count']} at {own['side']}²)",
+                       measured=f"L1 {number(l1, 2)} vs {number(fl1, 2)}; SSIM {number(ssim)} vs {number(fssim)}",
+                       wanted="L1 lower and SSIM higher", met=met),
+               _target("own_style_texture", what=what_tex, measured=number(tex, 2), wanted=f"{low}–{high} ×",
+                       met=None if tex is None else low <= tex <= high)]
+    photos = result.get("real_photos")
+    if not photos:
+        return out + [_target("real_colour", what="real photos in their own style: colour distance",
+                              measured="not measured (the render stage predates it)",
+                              wanted=f"≤ {COLOUR_SHARE_TARGET} × seeded and < {COLOUR_DISTANCE_TARGET:g}", met=None)]
+    for name, r in photos.items():
+        own_d, seeded_d = r["own"]["colour_distance"], r["seeded"]["colour_distance"]
+        out.append(_target(f"real_colour:{name}",
+                           what=f"{name} in its own style: CIELAB colour distance, own vs seeded style",
+                           measured=f"{number(own_d, 1)} vs {number(seeded_d, 1)}",
+                           wanted=f"≤ {COLOUR_SHARE_TARGET} × seeded and < {COLOUR_DISTANCE_TARGET:g}",
+                           met=own_d <= COLOUR_SHARE_TARGET * seeded_d and own_d < COLOUR_DISTANCE_TARGET))
+        tex = r["own"]["texture_ratio"]
+        out.append(_target(f"real_texture:{name}", what=f"{name} in its own style: background texture, render / photo",
+                           measured=number(tex, 2), wanted=f"{low}–{high} ×",
+                           met=None if tex is None else low <= tex <= high))
+    return out
+
+
 def render_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for k in IOU_TARGET_CLASSES:
@@ -124,7 +170,7 @@ def render_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = _ratio(render, real)
         out.append(_target(f"iou_{name}", what=what, measured=f"{number(render)} / {number(real)} = {number(ratio, 2)}",
                            wanted=f"≥ {IOU_RATIO_TARGET}", met=None if ratio is None else ratio >= IOU_RATIO_TARGET))
-    return out
+    return out + style_targets(result)
 
 
 def downstream_targets(result: dict[str, Any], *, classes: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -266,7 +312,45 @@ def render_section(r: dict[str, Any]) -> list[str]:
     for mode, m in r["photo"].items():
         lines.append(f"| {names.get(mode, mode)} | {number(m['l1'], 2)} ± {number(m['l1_std'], 2)} | "
                      f"{number(m['ssim'])} ± {number(m['ssim_std'])} |")
-    return lines + [""]
+    return lines + [""] + style_section(r)
+
+
+def _mean_sd(stats: dict[str, Any], digits: int) -> str:
+    return "–" if stats["mean"] is None else f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+
+
+def style_section(r: dict[str, Any]) -> list[str]:
+    """Own-style renders of held-out pairs and of real photos (absent from a stage that predates them)."""
+    lines = []
+    own = r.get("own_style")
+    if own is not None:
+        lines += [f"### In the photo's own style ({own['count']} held-out pairs at {own['side']}²)", "",
+                  ("Each label map rendered with its own photo as the style photo (`render(map, style=photo)`: the "
+                   "photo's statistics come from its preprocessed image and extracted map, as for any photo). "
+                   f"Pixel metrics after a {own['blur_px']:g}-px Gaussian blur inside the field of view (no label map "
+                   "fixes a texture's phase); the reference paints each class the photo's own mean colour. Colour "
+                   "distance: ΔE*76 of the mean CIELAB colours plus the norm of the per-channel sd differences, "
+                   "inside the field of view. Background texture: robust band-pass energy of the green channel away "
+                   "from vessels, disc and lesions, render / photo (`training/evaluate_renders.py`). Mean ± sd over "
+                   "pairs."), "",
+                  "| | L1 ↓ | SSIM ↑ | colour distance ↓ | texture render / photo (median) |", "|---|---|---|---|---|",
+                  f"| render, the photo's own style | {_mean_sd(own['l1'], 2)} | {_mean_sd(own['ssim'], 3)} | "
+                  f"{_mean_sd(own['colour_distance'], 2)} | {number(own['texture_ratio']['median'], 2)} |",
+                  f"| each class the photo's mean colour | {_mean_sd(own['flat_l1'], 2)} | "
+                  f"{_mean_sd(own['flat_ssim'], 3)} | | |", "", "![own-style renders](own_style.png)", ""]
+    photos = r.get("real_photos")
+    if photos:
+        lines += ["### Real photos", "",
+                  ("Each photo preprocessed by the one path, its map extracted (field of view, disc, vessels: "
+                   "`fundus-studio extract`), rendered in the photo's own style and in a seeded style; both compared "
+                   "with the photo inside its field of view."), "",
+                  "| photo | side | style | colour distance ↓ | texture render / photo |", "|---|---|---|---|---|"]
+        for name, x in photos.items():
+            for mode, label in (("own", "the photo's own"), ("seeded", "seeded")):
+                lines.append(f"| {name} | {x['size']} | {label} | {number(x[mode]['colour_distance'], 2)} | "
+                             f"{number(x[mode]['texture_ratio'], 2)} |")
+        lines += ["", "![real photos and their renders](real_photos.png)", ""]
+    return lines
 
 
 def downstream_rows(summary: dict[str, Any], *, name: str, fractions: tuple[float, ...]
