@@ -20,19 +20,21 @@ photograph. This module moves the render's statistics to the photo's after the n
 
 2. :func:`apply_style` measures the same on the render with the label map it was drawn from, then
    ``out = photo's field + T_k(render's detail)``, where per class k present in both the photo and the
-   map T_k matches the detail's mean and sd per channel to the photo's; the retinal background keeps
-   its own detail; its band-pass residual is damped where it has more energy than the photo's, and
-   the photo's grain adds what it lacks (the grain's phases are the photo's hash's, not the photo's:
-   no label map fixes a texture's phase); classes the
-   photo lacks (lesions in a healthy photo, a disc or vessels the extractor did not find) keep their
-   colour relative to the retina (they are shifted by the retina's offset). The transforms are affine
-   per class; their coefficients are blended across class borders with Gaussian weights (σ
-   ``seam_sigma_px``), so no seam shows. Outside the field of view the render is left as drawn.
+   map T_k scales the detail's contrast about the background per channel so that its mean becomes
+   the photo's (:func:`class_transform`; the sd follows); the retinal background keeps its own
+   detail, but its band-pass residual is damped where it has more energy than the photo's, and the
+   photo's grain adds what it lacks (the grain's phases come from the photo's hash, not from the
+   photo: no label map fixes a texture's phase); classes the photo lacks (lesions in a healthy
+   photo, a disc or vessels the extractor did not find) keep their colour relative to the retina
+   (they are shifted by the retina's offset). The transforms are affine per class; their
+   coefficients are blended across class borders with Gaussian weights (σ ``seam_sigma_px``), so no
+   seam shows. Outside the field of view the render is left as drawn.
 
 The photo's field lives on its FOV's bounding box and is stretched onto the label map's: the
 photo's vignetting, bright and dark zones land where they are in the photo, relative to the field of
-view. Everything is deterministic; at 512² the transfer costs a few tens of milliseconds, the
-statistics (an extraction, seconds) are cached per photo by content hash in :class:`StyleCache`.
+view. Everything is deterministic; at 512² the transfer costs about 70 ms of one core
+(``benchmarks/style.py``); the statistics (an extraction, seconds) are cached per photo by content
+hash in :class:`StyleCache`. Design, measurements and limits: docs/style.md.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ class StyleConfig:
     texture_margin_px: int = 2  # background pixels this close to another class do not count in the energy
     seam_sigma_px: float = 0.75  # σ of the weights that blend the per-class transforms at class borders
     min_pixels: int = 30  # a class region of the photo smaller than this counts as absent
-    min_contrast: float = 3.0  # ΔL* a disc must be brighter / vessels darker than the background to count
-    max_gain: float = 4.0  # bound of the sd and texture gains (and of their inverses for sd)
+    min_contrast: float = 3.0  # ΔL* a disc must be brighter / vessels darker than the background to count;
+    # also the smallest contrast (per Lab channel) of a render's class that is scaled rather than shifted
+    max_gain: float = 4.0  # bound of a class's contrast scaling (and of its inverse)
     cache_size: int = 16  # photos whose statistics a StyleCache keeps
 
     def __post_init__(self) -> None:

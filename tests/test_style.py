@@ -184,3 +184,10 @@ def test_the_cache_measures_each_photo_once_per_side_and_is_bounded(monkeypatch:
     assert calls[-1] == (1, 64) and cache.misses == 4
     with pytest.raises(InputError, match="style photo"):
         cache.get(np.zeros((8, 8), np.float32), side=64)
+
+
+@pytest.mark.parametrize("bad", [{"field_side": 4}, {"field_sigma": 0.0}, {"band": (4 / 512, 1 / 512)},
+                                 {"band": (1 / 512, 0.1)}, {"max_gain": 0.5}, {"cache_size": 0}, {"seam_sigma_px": -1}])
+def test_invalid_configs_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        style.StyleConfig(**bad)
