@@ -243,3 +243,37 @@ def test_listening_beyond_this_machine_without_auth_warns(app) -> None:
     assert app.parse_auth("ann:pw:with:colons") == ("ann", "pw:with:colons")
     with pytest.raises(SystemExit, match="USER:PASS"):
         app.parse_auth("ann")
+
+
+@pytest.mark.slow
+def test_the_same_large_picture_for_many_users_arrives_whole(app) -> None:
+    """8 users fetching one 512² picture at once: with Gradio's hash-named file (returning the array),
+    111 of 240 downloads broke off here ("peer closed connection without sending complete message
+    body"); with the studio's own file names none may."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gradio as gr
+    from gradio_client import Client
+
+    picture = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)  # ~0.8 MB as PNG
+    with gr.Blocks() as demo:
+        n, out, button = gr.Number(), gr.Image(format="png"), gr.Button()
+        button.click(lambda _: app._png(picture, "same"), n, out, api_name="same")
+    demo.queue(default_concurrency_limit=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        # Generous timeouts: server and clients share this process (and, on our machines, 2 busy cores).
+        users = [Client(url, verbose=False, httpx_kwargs={"timeout": 300}) for _ in range(8)]
+
+        def calls(c: Client) -> list[bool]:
+            return [np.array_equal(_pixels(c.predict(i, api_name="/same")), picture) for i in range(8)]
+
+        with ThreadPoolExecutor(8) as pool:
+            whole = [ok for batch in pool.map(calls, users) for ok in batch]
+    finally:
+        demo.close()
+    assert len(whole) == 64 and all(whole)
