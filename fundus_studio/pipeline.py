@@ -131,6 +131,15 @@ def integrate_flow(model: FlowUNet, noise: torch.Tensor, grades: torch.Tensor, *
 LabelPrior = Generator | FlowUNet  # what draws a coarse map for a grade
 
 
+def takes_upsampler(prior_path: str | os.PathLike[str], upsampler_path: str | os.PathLike[str]) -> bool:
+    """Whether the label upsampler at ``upsampler_path`` belongs after the prior at ``prior_path``: the
+    prior was trained on soft class fractions (the flow prior, the soft ACGAN — not an ACGAN of hard
+    labels, whose near one-hot maps the upsampler would misread) at the upsampler's coarse side."""
+    prior = read_info(prior_path)
+    return ((prior.get("data") or {}).get("downsample") == "fractions"
+            and read_info(upsampler_path)["config"].get("coarse_resolution") == prior["config"].get("resolution"))
+
+
 class LabelSampler:
     """Samples grade-conditioned label maps: a prior (the ACGAN generator, or the flow-matching prior)
     draws class probabilities at its side R; the label upsampler, when given, turns them into sharp

@@ -94,7 +94,7 @@ class Studio:
 
     def sampling_checkpoints(self, generator: str | None = None) -> tuple[str, ...]:
         """The checkpoints a sampled label map depends on: the generator's, and the upsampler's when
-        it is used (present and of the generator's side)."""
+        it is used (see ``pipeline.takes_upsampler``)."""
         name = GENERATORS[self.generator_name(generator)]
         return (name, UPSAMPLER) if self._get(name).upsampler is not None else (name,)
 
@@ -137,10 +137,9 @@ class Studio:
             from fundus_studio.models.label_flow import FlowUNet
 
             prior = load_model(self.path(name), expected=FlowUNet if name == "label_flow" else Generator)
-            upsampler = self._get(UPSAMPLER) if self.has(UPSAMPLER) else None
-            if upsampler is not None and upsampler.config.coarse_resolution != prior.config.resolution:
-                upsampler = None  # e.g. the paper's 256² ACGAN: its probabilities are upsampled bilinearly
-            return pipeline.LabelSampler(prior, upsampler=upsampler)  # type: ignore[arg-type]
+            # A prior of hard labels (the demo ACGAN) or of another side: probabilities upsampled bilinearly.
+            use = self.has(UPSAMPLER) and pipeline.takes_upsampler(self.path(name), self.path(UPSAMPLER))
+            return pipeline.LabelSampler(prior, upsampler=self._get(UPSAMPLER) if use else None)  # type: ignore[arg-type]
         if name == UPSAMPLER:
             from fundus_studio.checkpoint import load_model
             from fundus_studio.models.label_flow import LabelUpsampler

@@ -15,6 +15,11 @@ $PY -m fundus_studio prepare idrid "$IDRID" --out data/idrid-train --split train
 $PY -m fundus_studio prepare idrid "$IDRID" --out data/idrid-test --split test --size 512
 $PY -m fundus_studio prepare fgadr "$FGADR" --out data/fgadr --split all --size 512
 
+# Label maps: the flow-matching prior at 128² with its 128² → 512² upsampler (the default generator), and
+# the paper's pixel-space ACGAN beside it (selectable with --generator acgan).
+$RUN -m training.label_upsampler --data data/fgadr --out runs/label_upsampler-fgadr --preset gpu-128 \
+    --export-to runs/checkpoints-real
+$RUN -m training.label_flow --data data/fgadr --out runs/label_flow-fgadr --preset paper-gpu --export-to runs/checkpoints-real
 $RUN -m training.acgan --data data/fgadr --out runs/acgan-fgadr --preset paper-256 --export-to runs/checkpoints-real
 $PY -m training.grade_classifier --data data/fgadr --out runs/grade_classifier-fgadr --preset paper-256 \
     --export-to runs/checkpoints-real

@@ -121,7 +121,7 @@ def test_the_flow_prior_is_the_default_generator_and_the_acgan_stays_selectable(
     studio = TopLevel.from_checkpoints(tiny_checkpoints)
     assert studio.generator_name() == "flow"
     assert studio.sampling_checkpoints() == ("label_flow", "label_upsampler")
-    assert studio.sampling_checkpoints("acgan") == ("acgan",)  # 32² ACGAN: no upsampler of its side
+    assert studio.sampling_checkpoints("acgan") == ("acgan",)  # an ACGAN of hard labels: no upsampler
     flow = studio.sample_labels(grade=2, count=1, seed=3, size=SIZE)
     acgan = studio.sample_labels(grade=2, count=1, seed=3, size=SIZE, generator="acgan")
     assert not np.array_equal(flow, acgan)
@@ -159,3 +159,20 @@ def test_models_tab_shows_the_card_without_its_yaml_metadata(tiny_checkpoints, t
     text = Studio(folder).describe()
     assert "# The card" in text and "license: mit" not in text
     assert split_front_matter("# no metadata\n") == (None, "# no metadata\n")
+
+
+def test_the_upsampler_follows_only_priors_of_soft_maps_at_its_side(tiny_checkpoints, tmp_path) -> None:
+    import json
+    import shutil
+
+    from fundus_studio.pipeline import takes_upsampler
+
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints, folder)
+    up = folder / "label_upsampler.safetensors"
+    assert takes_upsampler(folder / "label_flow.safetensors", up)
+    assert not takes_upsampler(folder / "acgan.safetensors", up)  # trained on hard labels
+    info = json.loads((folder / "label_flow.json").read_text())
+    info["config"]["resolution"] = 32  # a prior of another side (the JSON alone decides)
+    (folder / "label_flow.json").write_text(json.dumps(info))
+    assert not takes_upsampler(folder / "label_flow.safetensors", up)

@@ -33,6 +33,8 @@ def write_tiny_checkpoints(folder: Path, *, seed: int = 0) -> Path:
         "grade_classifier": GradeClassifier(GradeClassifierConfig(resolution=32, channels=8, max_channels=16)),
     }
     for name, model in models.items():
-        save_model(model.eval(), folder / name, data={"description": "untrained test model"}, step=0,
-                   created_by="tests/tiny_checkpoints.py")
+        data = {"description": "untrained test model"}
+        if name == "label_flow":
+            data["downsample"] = "fractions"  # a prior of soft maps: the upsampler follows it
+        save_model(model.eval(), folder / name, data=data, step=0, created_by="tests/tiny_checkpoints.py")
     return folder

@@ -39,7 +39,7 @@ from fundus_studio.checkpoint import load_model, read_info
 from fundus_studio.errors import CheckpointError, StudioError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.grade_classifier import GradeClassifier
-from fundus_studio.pipeline import LabelSampler, LabelSamplingConfig
+from fundus_studio.pipeline import FlowSamplingConfig, LabelSampler, LabelSamplingConfig, takes_upsampler
 from training import anatomy, harness
 from training.evaluate_segmentation import number
 from training.grade_classifier import predict
@@ -58,6 +58,7 @@ class EvalConfig:
     out: Path | None = None  # JSON report
     per_grade: int = 100  # generated maps per grade
     size: int = 512  # side at which maps are generated and their anatomy measured
+    flow: FlowSamplingConfig = FlowSamplingConfig()  # ODE steps and guidance of a flow-matching prior
     seed: int = 0  # sampling seed
     diversity_pairs: int = 200  # random pairs per grade for the disagreement estimate
 
@@ -96,12 +97,12 @@ def _same_dataset(data: Path, trained_on: str | None) -> bool:
     return trained_on is None or Path(data).resolve() == Path(trained_on).resolve()
 
 
-def _upsampler(cfg: EvalConfig, prior_side: int) -> Path | None:
-    path = cfg.upsampler or cfg.checkpoint.parent / UPSAMPLER_NAME
-    if cfg.upsampler is None and (not path.is_file()
-                                  or read_info(path)["config"].get("coarse_resolution") != prior_side):
-        return None  # none beside the checkpoint, or one for another side
-    return path
+def _upsampler(cfg: EvalConfig) -> Path | None:
+    """``cfg.upsampler``, else the one beside the checkpoint when it belongs after this prior."""
+    if cfg.upsampler is not None:
+        return cfg.upsampler
+    path = cfg.checkpoint.parent / UPSAMPLER_NAME
+    return path if path.is_file() and takes_upsampler(cfg.checkpoint, path) else None
 
 
 def _training_maps(cfg: EvalConfig) -> Path | None:
@@ -153,9 +154,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         held_source = "classifier held-out share"
     else:  # another dataset (e.g. a test set): every map is unseen by the classifier
         held, held_source = real, "whole dataset (not the classifier's training data)"
-    upsampler = _upsampler(cfg, read_info(cfg.checkpoint)["config"].get("resolution"))
+    upsampler = _upsampler(cfg)
     sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler,
-                                           config=LabelSamplingConfig(size=cfg.size))
+                                           config=LabelSamplingConfig(size=cfg.size, flow=cfg.flow))
     grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
     full = sampler.sample_grades(grades.tolist(), seed=cfg.seed)  # (N, size, size)
     generated = _downsample(full, side, mode)  # as the classifier's real maps were brought to its side
@@ -250,6 +251,10 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser.add_argument("--train-data", type=Path, default=None,
                         help="the generator's training maps, for memorisation (default: as its JSON records)")
     parser.add_argument("--size", type=int, default=512, help="side of the generated maps (default 512)")
+    parser.add_argument("--flow-steps", type=int, default=FlowSamplingConfig.steps,
+                        help=f"flow prior: Euler steps (default {FlowSamplingConfig.steps})")
+    parser.add_argument("--guidance", type=float, default=FlowSamplingConfig.guidance,
+                        help=f"flow prior: classifier-free guidance weight (default {FlowSamplingConfig.guidance})")
     parser.add_argument("--data", type=Path, required=True, help="real studio dataset")
     parser.add_argument("--classifier", type=Path, default=None, help="grade classifier checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
@@ -259,7 +264,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     try:
         return EvalConfig(checkpoint=args.checkpoint, data=args.data, classifier=args.classifier, out=args.out,
                           per_grade=args.per_grade, seed=args.seed, upsampler=args.upsampler,
-                          train_data=args.train_data, size=args.size)
+                          train_data=args.train_data, size=args.size,
+                          flow=FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance))
     except ValueError as err:
         parser.error(str(err))
         raise
@@ -272,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as err:
         print(f"training.evaluate_labels: error: {err}", file=sys.stderr)
         return 2
+    from training.report_text import anatomy_table, label_targets, targets_table  # (report_text imports this module)
+
     print(markdown(report))
+    print("\n" + "\n".join(anatomy_table(report)) + "\n\n" + targets_table(label_targets(report)))
     if cfg.out is not None:
         with atomic_write(cfg.out, "w") as fh:
             json.dump(report, fh, indent=2)

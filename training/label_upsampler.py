@@ -68,6 +68,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 64² → 512², about 30 minutes on one CPU core.
     "demo-cpu": {"model": {"coarse_resolution": 64, "factor": 8, "channels": (64, 32, 16, 8)},
                  "batch": 8, "crop": 256, "steps": 2000},
+    # 128² → 512², for the flow prior's paper-gpu preset (a finer coarse grid keeps thin vessels).
+    "gpu-128": {"model": {"coarse_resolution": 128, "factor": 4, "channels": (96, 64, 32), "coarse_blocks": 3},
+                "batch": 32, "crop": 256, "steps": 20_000, "log_every": 50, "sample_every": 1000,
+                "snapshot_every": 1000},
 }
 
 
