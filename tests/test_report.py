@@ -250,7 +250,8 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
         "own_style_flat", "own_style_texture", "real_colour:skimage.data.retina (CC0)",
         "real_texture:skimage.data.retina (CC0)"}
     assert data["renders"]["own_style"]["count"] == 5  # style_count (30) capped by the render stage's 5 pairs
-    assert data["labels"]["generator"] == "acgan" and data["labels"]["others"] == {}  # the folder has no flow prior
+    assert data["labels"]["generator"] == "flow" and set(data["labels"]["others"]) == {"acgan"}  # both measured
+    assert data["labels"]["upsampler"] is not None and data["labels"]["others"]["acgan"]["upsampler"] is None
     assert data["labels"]["size"] == 64  # generated at the real maps' side
     # The tiny classifier records no training data, so no real maps count as unseen: said, not dropped.
     assert next(t for t in data["targets"] if t["key"] == "grade_accuracy")["met"] is None

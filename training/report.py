@@ -21,7 +21,7 @@ in training. Three stages, each written to OUT and reused when the command is ru
 3. **downstream** (Son et al.'s experiment, ``training.mix_experiment``): ``real_train`` pairs of
    ``--data`` (stratified by grade) are the scarce real training set, the rest the test set. A fresh
    U-Net per (source, synthetic share, seed) segments ``classes``; synthetic pairs come from a pool of
-   ``pool`` generator + SPADE samples (the default generator) (``fundus-studio sample``) or from the copy-paste baseline built
+   ``pool`` ACGAN + SPADE samples (the paper's generator) (``fundus-studio sample``) or from the copy-paste baseline built
    from the same real training pairs (``training.copy_paste``), every run with the same step budget.
 
 OUT/REPORT.md holds the tables and the project's targets, OUT/report.json every number, and
@@ -304,8 +304,9 @@ def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
     real_dir = write_subset(ds, train, out=data / "real-train")
     test_dir = write_subset(ds, test, out=data / "test")
     pools = {
+        # The paper's pairs: its ACGAN, whatever the folder's default generator.
         "acgan-spade": sample_dataset(data / "acgan-spade", count=cfg.pool, grade=None, seed=cfg.seed,
-                                      size=cfg.synthetic_size, checkpoints=cfg.checkpoints),
+                                      size=cfg.synthetic_size, checkpoints=cfg.checkpoints, generator="acgan"),
         "copy-paste": copy_paste.make_dataset(copy_paste.CopyPasteConfig(
             real=real_dir, out=data / "copy-paste", count=cfg.pool, donors=cfg.donors, seed=cfg.seed)),
     }
