@@ -35,14 +35,17 @@ from PIL import Image  # noqa: E402
 
 from fundus_studio import editor, labels  # noqa: E402
 from fundus_studio.errors import StudioError  # noqa: E402
-from fundus_studio.export import GalleryItem, export_items, write_download  # noqa: E402
+from fundus_studio.export import GalleryItem, export_items, write_download, zip_folder  # noqa: E402
+from fundus_studio.formats import export_dataset  # noqa: E402
 from fundus_studio.imageio import read_image, read_label_map  # noqa: E402
 from fundus_studio.runtime import tune_malloc  # noqa: E402
-from fundus_studio.studio import Studio  # noqa: E402
+from fundus_studio.phantom import LESION_KINDS  # noqa: E402
+from fundus_studio.studio import GENERATORS, Studio  # noqa: E402
 
 CHECKPOINTS = Path(os.environ.get("FUNDUS_STUDIO_CHECKPOINTS", "checkpoints"))
 # px; label maps are painted and rendered at this size (--size, or FUNDUS_STUDIO_SIZE for `gradio app.py`).
 CANVAS_SIZE = int(os.environ.get("FUNDUS_STUDIO_SIZE", "512"))
+CANVAS_HEIGHT = 640  # px on screen for the editor (toolbar included): the map near 1:1 at a 1400-px window
 MAX_UPLOAD = "20mb"
 MAX_PER_GRADE = 12  # gallery and on-the-spot export: samples per grade per request
 MAX_GALLERY = 120  # items kept per user; the oldest are dropped beyond it
@@ -57,7 +60,16 @@ CACHE_AGE = int(os.environ.get("FUNDUS_STUDIO_CACHE_AGE", "3600"))
 # ("peer closed connection without sending complete message body").
 OUTPUT_DIR = Path(get_upload_folder()) / "fundus-studio"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-START_BLANK, START_SAMPLE, START_UPLOAD, START_PHOTO = "Blank retina", "ACGAN sample", "Upload label map", "Extract from photo"
+START_BLANK, START_SAMPLE, START_PHANTOM = "Blank retina", "Generated sample", "Phantom anatomy"
+START_UPLOAD, START_PHOTO = "Upload label map", "Extract from photo"
+HEALTHY_SEED = 0  # Paint opens on the grade-0 sample of this seed from the default generator
+# Export formats offered beside the zip: label → fundus_studio.formats format (None: the studio's own).
+EXPORT_FORMATS: dict[str, str | None] = {"Studio dataset": None, "nnU-Net v2": "nnunet", "IDRiD layout": "idrid"}
+EXPORT_ZIP_NAMES: dict[str, str] = {"nnU-Net v2": "fundus-studio-nnunet", "IDRiD layout": "fundus-studio-idrid"}
+STAMP_OFF = "off (paint with the brush)"
+MAX_STAMP_UNDO = 32  # stamps a user can take back, per tab
+STYLE_HINT = ("The first render with a new style photo takes a few seconds (its statistics are measured once, "
+              "then cached).")
 VIEW_SIDE, VIEW_OVERLAY = "Side by side", "Overlay"
 PHANTOM_NOTE = (
     "**The shipped demo models were trained on procedural phantoms, not on photographs of eyes.** "
@@ -163,6 +175,10 @@ def legend_html() -> str:
     return f'<div id="legend" style="font-size:13px;line-height:1.5">{chips}</div>'
 
 
+GRADE_NOTE = ("The grade classifier was trained on procedural phantoms only: on a map extracted from a real "
+              "photo its reading is a guess, not a diagnosis.")
+
+
 def stats_markdown(index_map: np.ndarray, *, grade_probs: np.ndarray | None) -> str:
     s = editor.map_stats(index_map)
     rows = [f"| {name} | {s.pixels[name]} | {100 * s.fov_fraction.get(name, 0.0):.2f} % | {s.spots.get(name, '')} |"
@@ -172,7 +188,9 @@ def stats_markdown(index_map: np.ndarray, *, grade_probs: np.ndarray | None) -> 
         grade = "Grade classifier: not loaded (no `grade_classifier` checkpoint)."
     else:
         g = int(np.argmax(grade_probs))
-        grade = f"**Grade classifier:** grade {g} ({labels.GRADE_NAMES[g]}), p = {grade_probs[g]:.2f}"
+        every = " · ".join(f"{k}: {grade_probs[k]:.2f}" for k in range(labels.NUM_GRADES))
+        grade = (f"**Grade classifier:** grade {g} ({labels.GRADE_NAMES[g]}), p = {grade_probs[g]:.2f} "
+                 f"(all grades: {every}). *{GRADE_NOTE}*")
     return f"{grade}\n\n{table}"
 
 
@@ -191,16 +209,73 @@ def _as_int(value: float | int | None, default: int = 0) -> int:
     return default if value is None else int(value)
 
 
+def generator_choices() -> list[str]:
+    """The label-map generators whose checkpoint is present, the default first."""
+    present = [name for name in GENERATORS if STUDIO.has(GENERATORS[name])]
+    default = STUDIO.generator_name()
+    return sorted(present, key=lambda name: name != default)
+
+
+def generator_dropdown(label: str = "Generator") -> gr.Dropdown:
+    choices = generator_choices()
+    # Custom values pass through: a --checkpoints folder read after the page was built may hold others,
+    # and Studio refuses unknown names with a message that lists the known ones.
+    return gr.Dropdown(choices, value=choices[0] if choices else None, label=label, allow_custom_value=True,
+                       info="label-map generators whose checkpoint is present")
+
+
+def _generator(name: str | None) -> str | None:
+    return name or None
+
+
+@functools.lru_cache(maxsize=4)
+def _healthy(checkpoints: str, generator: str, size: int) -> np.ndarray:
+    return STUDIO.sample_labels(grade=0, count=1, seed=HEALTHY_SEED, size=size, generator=generator)[0]
+
+
+def healthy_map() -> np.ndarray:
+    """What Paint opens on: a grade-0 sample of the default generator (disc and vessel tree), sampled once
+    per process and folder; the blank template when no generator checkpoint is present."""
+    if not generator_choices():
+        return editor.blank_template(size=CANVAS_SIZE)
+    return _healthy(str(STUDIO.checkpoints), STUDIO.generator_name(), CANVAS_SIZE).copy()
+
+
+def phantom_anatomy(seed: int) -> np.ndarray:
+    """A healthy phantom's label map (grade 0: disc, vessel tree, fovea, no lesions) at the canvas size."""
+    from fundus_studio.phantom import generate_label_map
+    from fundus_studio.phantom.config import LABEL_STREAM, random_stream
+
+    return generate_label_map(grade=0, rng=random_stream(seed, LABEL_STREAM), size=CANVAS_SIZE)
+
+
+def example_photo() -> str:
+    """The CC0 fundus photo shipped with scikit-image (``skimage.data.retina()``), as a PNG file to extract from."""
+    from skimage import data
+
+    path = OUTPUT_DIR / "example-retina-skimage.png"
+    if not path.is_file():
+        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        Image.fromarray(data.retina()).save(tmp, format="PNG")
+        tmp.replace(path)
+    return str(path)
+
+
 # --- Paint --------------------------------------------------------------------------------------
 
 
 @_guarded
-def start_map(source: str, grade: int, seed: float, upload: str | None, photo: str | None, nearest: bool):
+def start_map(source: str, grade: int, seed: float, upload: str | None, photo: str | None, nearest: bool,
+              generator: str | None = None):
     """The map a painting starts from → (editor value, base map, message)."""
     seed = _as_int(seed)
     try:
         if source == START_SAMPLE:
-            base = STUDIO.sample_labels(grade=int(grade), count=1, seed=seed, size=CANVAS_SIZE)[0]
+            base = STUDIO.sample_labels(grade=int(grade), count=1, seed=seed, size=CANVAS_SIZE,
+                                        generator=_generator(generator))[0]
+        elif source == START_PHANTOM:
+            base = phantom_anatomy(seed)
         elif source == START_UPLOAD:
             if not upload:
                 raise StudioError("choose a label map file to upload first")
@@ -220,10 +295,59 @@ def start_map(source: str, grade: int, seed: float, upload: str | None, photo: s
 
 
 @_guarded
+def open_healthy():
+    """Page load: the healthy retina Paint opens on → (editor value, base map, message)."""
+    try:
+        base = healthy_map()
+        what = (f"a healthy retina (grade-0 sample, {STUDIO.generator_name()} generator, seed {HEALTHY_SEED})"
+                if generator_choices() else "a blank retina (no generator checkpoint)")
+    except StudioError as err:
+        log.info("healthy start refused: %s", public_message(str(err)))
+        base, what = editor.blank_template(size=CANVAS_SIZE), "a blank retina"
+    return editor.editor_value(base), base, f"Started from {what}."
+
+
+@_guarded
+def stamp(value: dict | None, base: np.ndarray | None, kind: str, size_dd: float, history: list[np.ndarray],
+          evt: gr.SelectData):
+    """A click on the label map or the render with a lesion stamp chosen: the lesion drawn there (seeded by
+    the position) → (editor value, base map, undo history, message)."""
+    if kind not in LESION_KINDS or evt is None or evt.index is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    base = healthy_map() if base is None else base
+    current = editor.painted_map(value, base=base)  # strokes so far become part of the map
+    x, y = (int(v) for v in evt.index)
+    x %= CANVAS_SIZE  # side by side: the map's and the render's halves are the same place
+    try:
+        stamped = editor.stamp_lesion(current, kind, at=(x + 0.5, y + 0.5), seed=y * CANVAS_SIZE + x,
+                                      size_dd=float(size_dd))
+    except StudioError as err:
+        gr.Warning(_refused(err, "stamp"))
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    history = [*history, current][-MAX_STAMP_UNDO:]
+    added = int((stamped != current).sum())
+    return (editor.editor_value(stamped), stamped, history,
+            f"Stamped a {kind.replace('_', ' ')} at ({x}, {y}): {added} px.")
+
+
+def undo_stamp(history: list[np.ndarray]):
+    """Take back the last stamp (and strokes made after it) → (editor value, base map, history, message)."""
+    if not history:
+        return gr.skip(), gr.skip(), gr.skip(), "No stamp to undo."
+    previous = history[-1]
+    return editor.editor_value(previous), previous, history[:-1], f"Stamp undone ({len(history) - 1} left)."
+
+
+def stamp_size(kind: str):
+    """The default size of the chosen stamp, in disc diameters."""
+    return editor.STAMP_SIZES_DD[kind] if kind in editor.STAMP_SIZES_DD else gr.skip()
+
+
+@_guarded
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
                   opacity: float):
     """Every finished stroke: the painted map → view, statistics, current map and its render."""
-    base = editor.blank_template(size=CANVAS_SIZE) if base is None else base
+    base = healthy_map() if base is None else base
     try:
         index_map = editor.painted_map(value, base=base)
         photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
@@ -285,11 +409,11 @@ def keep_painting(index_map: np.ndarray | None, photo: np.ndarray | None, base_s
 
 @_guarded
 def sample_gallery(grades: list[str], per_grade: float, seed: float, items: list[GalleryItem],
-                   progress: gr.Progress = gr.Progress(track_tqdm=True)):
+                   generator: str | None = None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
     per_grade = max(1, min(MAX_PER_GRADE, _as_int(per_grade, 1)))
     try:
         new = STUDIO.sample_pairs(grades=[int(g) for g in grades], per_grade=per_grade, seed=_as_int(seed),
-                                  size=CANVAS_SIZE)
+                                  size=CANVAS_SIZE, generator=_generator(generator))
     except StudioError as err:
         gr.Warning(_refused(err, "sample_gallery"))
         return gr.skip()
@@ -330,9 +454,11 @@ def open_in_paint(items: list[GalleryItem], selected: int | None):
 
 
 @_guarded
-def export(what: str, per_grade: float, seed: float, items: list[GalleryItem],
-           progress: gr.Progress = gr.Progress(track_tqdm=True)):
+def export(what: str, per_grade: float, seed: float, items: list[GalleryItem], generator: str | None = None,
+           layout: str = "Studio dataset", progress: gr.Progress = gr.Progress(track_tqdm=True)):
     try:
+        if layout not in EXPORT_FORMATS:
+            raise StudioError(f"unknown export format {layout!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         if what == "Curated set":
             chosen = [it for it in items if it.kept is True]
             if not chosen:
@@ -340,18 +466,23 @@ def export(what: str, per_grade: float, seed: float, items: list[GalleryItem],
         else:
             pairs = STUDIO.sample_pairs(grades=list(range(labels.NUM_GRADES)),
                                         per_grade=max(1, min(MAX_PER_GRADE, _as_int(per_grade, 1))),
-                                        seed=_as_int(seed), size=CANVAS_SIZE)
+                                        seed=_as_int(seed), size=CANVAS_SIZE, generator=_generator(generator))
             chosen = [GalleryItem(label=m, image=p, grade=g, seed=s, provenance="sampled") for m, p, g, s in pairs]
         # The dataset folder is only the zip's source: it goes, the zip stays where Gradio will delete it.
         with tempfile.TemporaryDirectory(prefix="fundus-export-") as work:
             made = export_items(chosen, out_dir=Path(work), size=CANVAS_SIZE,
-                                checkpoint_hashes=STUDIO.checkpoint_hashes(), zip_it=True)
+                                checkpoint_hashes=STUDIO.checkpoint_hashes(), zip_it=EXPORT_FORMATS[layout] is None)
+            if EXPORT_FORMATS[layout] is not None:  # the studio dataset converted by the CLI's exporter
+                converted = Path(work) / EXPORT_ZIP_NAMES[layout]
+                export_dataset(made, converted, format=EXPORT_FORMATS[layout], progress=False)
+                made = zip_folder(converted)
             path = Path(shutil.move(made, _fresh_folder("export-") / made.name))
     except StudioError as err:
         message = _refused(err, "export")
         gr.Warning(message)
         return gr.skip(), f"⚠️ {message}"
-    return str(path), f"Exported {len(chosen)} samples."
+    as_what = f" ({layout})" if EXPORT_FORMATS[layout] is not None else ""
+    return str(path), f"Exported {len(chosen)} samples{as_what}."
 
 
 # --- API for gradio_client ----------------------------------------------------------------------
@@ -361,20 +492,21 @@ def export(what: str, per_grade: float, seed: float, items: list[GalleryItem],
 
 
 @_guarded
-def api_render(label_map: str, seed: float) -> str:
-    """/render(label_map: image file, seed: int) -> image file."""
+def api_render(label_map: str, seed: float, style: str | None = None) -> str:
+    """/render(label_map: image file, seed: int, style: optional fundus photo file) -> image file."""
     if not label_map:
         raise StudioError("send a label map file")
     index_map = editor.uploaded_map(read_label_map(label_map, name=_upload_name(label_map)), size=CANVAS_SIZE,
                                     nearest=False)
-    return _png(STUDIO.render(index_map, seed=_as_int(seed)), "render")
+    return _png(STUDIO.render(index_map, seed=_as_int(seed), style=_style(style)), "render")
 
 
 @_guarded
-def api_sample(grade: float, count: float, seed: float) -> list[tuple[str, str]]:
-    """/sample(grade, count, seed) -> gallery of label maps (palette colours)."""
+def api_sample(grade: float, count: float, seed: float, generator: str | None = None) -> list[tuple[str, str]]:
+    """/sample(grade, count, seed, generator: optional name) -> gallery of label maps (palette colours)."""
     count = max(1, min(MAX_PER_GRADE, _as_int(count, 1)))
-    maps = STUDIO.sample_labels(grade=_as_int(grade), count=count, seed=_as_int(seed), size=CANVAS_SIZE)
+    maps = STUDIO.sample_labels(grade=_as_int(grade), count=count, seed=_as_int(seed), size=CANVAS_SIZE,
+                                generator=_generator(generator))
     return [(_png(labels.to_color(m), "label"), f"grade {_as_int(grade)} #{i}") for i, m in enumerate(maps)]
 
 
@@ -405,8 +537,11 @@ def build_demo() -> gr.Blocks:
                 base = gr.State(None)
                 current = gr.State(None)  # the painted map ...
                 photo_now = gr.State(None)  # ... and its render, as shown
+                stamps = gr.State([])  # maps before each stamp, for "Undo stamp"
                 with gr.Row():
-                    with gr.Column(scale=1):
+                    # The canvas gets the wider column and a tall editor: at a 1400-px window the 512² map is
+                    # shown near 1:1, so a microaneurysm (a few px) stays visible and paintable.
+                    with gr.Column(scale=3):
                         canvas = gr.ImageEditor(
                             value=editor.editor_value(editor.blank_template(size=CANVAS_SIZE)),
                             type="numpy", image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
@@ -414,29 +549,44 @@ def build_demo() -> gr.Blocks:
                             brush=gr.Brush(colors=editor.brush_colors(), color_mode="fixed",
                                            default_color=editor.hex_color(labels.HAEMORRHAGE), default_size=8),
                             eraser=gr.Eraser(default_size=12), label="Label map", elem_id="canvas",
+                            height=CANVAS_HEIGHT,
                         )
                         canvas.blob_storage = _BoundedDict(MAX_EDITOR_BLOBS)
                         gr.HTML(legend_html())
                         with gr.Accordion("Start from", open=True):
-                            source = gr.Radio([START_BLANK, START_SAMPLE, START_UPLOAD, START_PHOTO],
-                                              value=START_BLANK, label="Start from")
+                            source = gr.Radio([START_SAMPLE, START_PHANTOM, START_BLANK, START_UPLOAD, START_PHOTO],
+                                              value=START_SAMPLE, label="Start from")
                             with gr.Row():
-                                start_grade = gr.Slider(0, labels.NUM_GRADES - 1, value=2, step=1, label="Grade")
-                                start_seed = gr.Number(0, precision=0, label="Sample seed")
+                                start_grade = gr.Slider(0, labels.NUM_GRADES - 1, value=0, step=1, label="Grade")
+                                start_seed = gr.Number(HEALTHY_SEED, precision=0, label="Sample seed")
+                                p_generator = generator_dropdown()
                             with gr.Row():
                                 upload = gr.File(label="Label map (PNG/JPEG)", file_types=["image"], type="filepath")
                                 photo = gr.File(label="Fundus photo", file_types=["image"], type="filepath")
-                            nearest = gr.Checkbox(False, label="Snap unknown colours to the nearest class")
+                            with gr.Row():
+                                nearest = gr.Checkbox(False, label="Snap unknown colours to the nearest class")
+                                example_btn = gr.Button("Example photo (skimage.data.retina, CC0)", size="sm",
+                                                        elem_id="example-photo")
                             load_btn = gr.Button("Load", elem_id="load")
-                            start_msg = gr.Markdown()
-                    with gr.Column(scale=1):
-                        shown = gr.Image(label="Label map | render", format="png", interactive=False, elem_id="render")
+                            start_msg = gr.Markdown(elem_id="start-msg")
+                    with gr.Column(scale=2):
+                        shown = gr.Image(label="Label map | render (with a stamp chosen, click to place it)",
+                                         format="png", interactive=False, elem_id="render")
+                        with gr.Row():
+                            stamp_kind = gr.Dropdown([STAMP_OFF, *LESION_KINDS], value=STAMP_OFF, label="Lesion stamp",
+                                                     elem_id="stamp-kind",
+                                                     info="pick a lesion, then click the map or the render")
+                            stamp_dd = gr.Number(0.25, label="Stamp size (disc diameters)", minimum=0.01, maximum=3,
+                                                 step=0.01, elem_id="stamp-size")
+                            undo_btn = gr.Button("Undo stamp", size="sm", elem_id="undo-stamp")
+                        stamp_msg = gr.Markdown(elem_id="stamp-msg")
                         with gr.Row():
                             view = gr.Radio([VIEW_SIDE, VIEW_OVERLAY], value=VIEW_SIDE, label="View")
                             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         with gr.Row():
                             seed = gr.Number(0, precision=0, label="Render seed")
                             style = gr.File(label="Style photo (optional)", file_types=["image"], type="filepath")
+                        gr.Markdown(STYLE_HINT)
                         stats = gr.Markdown(elem_id="stats")
                         with gr.Row():
                             dl_btn = gr.Button("Prepare downloads")
@@ -449,6 +599,7 @@ def build_demo() -> gr.Blocks:
                                                 value=[str(g) for g in range(labels.NUM_GRADES)], label="Grades")
                     g_count = gr.Slider(1, MAX_PER_GRADE, value=2, step=1, label="Samples per grade")
                     g_seed = gr.Number(0, precision=0, label="Seed")
+                    g_generator = generator_dropdown()
                     g_btn = gr.Button("Sample", variant="primary")
                 g_filter = gr.Radio(["all", *(str(g) for g in range(labels.NUM_GRADES))], value="all",
                                     label="Show grade")
@@ -465,16 +616,27 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     e_count = gr.Slider(1, MAX_PER_GRADE, value=4, step=1, label="N per grade")
                     e_seed = gr.Number(0, precision=0, label="Seed")
+                    e_generator = generator_dropdown()
+                e_layout = gr.Radio(list(EXPORT_FORMATS), value="Studio dataset", label="Format",
+                                    info="nnU-Net v2: DatasetNNN_Name with dataset.json; IDRiD: its folders and "
+                                         "grades CSV (fundus-studio prepare idrid reads it back)")
                 e_btn = gr.Button("Export zip", variant="primary")
-                e_file = gr.File(label="Studio dataset (zip)", interactive=False)
+                e_file = gr.File(label="Export (zip)", interactive=False)
                 e_msg = gr.Markdown()
             with gr.Tab("Models", id="models"):
                 gr.Markdown(PHANTOM_NOTE)
                 models_md = gr.Markdown(STUDIO.describe())
 
         # Paint
-        load_btn.click(start_map, [source, start_grade, start_seed, upload, photo, nearest], [canvas, base, start_msg],
-                       api_name="start")
+        load_btn.click(start_map, [source, start_grade, start_seed, upload, photo, nearest, p_generator],
+                       [canvas, base, start_msg], api_name="start")
+        example_btn.click(lambda: (example_photo(), START_PHOTO), None, [photo, source], api_visibility="private").then(
+            start_map, [source, start_grade, start_seed, upload, photo, nearest, p_generator], [canvas, base, start_msg],
+            api_visibility="private")
+        shown.select(stamp, [canvas, base, stamp_kind, stamp_dd, stamps], [canvas, base, stamps, stamp_msg],
+                     api_visibility="private")
+        stamp_kind.change(stamp_size, stamp_kind, stamp_dd, api_visibility="private")
+        undo_btn.click(undo_stamp, stamps, [canvas, base, stamps, stamp_msg], api_visibility="private")
         # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
         # Only the latest canvas state is rendered when strokes arrive faster than renders.
         canvas.input(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
@@ -482,9 +644,11 @@ def build_demo() -> gr.Blocks:
         # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
         canvas.change(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
                       api_visibility="private", trigger_mode="always_last")
-        demo.load(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
-                  api_visibility="private")
+        # Paint opens on a healthy retina; setting the canvas renders it (canvas.change above).
+        demo.load(open_healthy, None, [canvas, base, start_msg], api_visibility="private")
         demo.load(lambda: STUDIO.describe(), None, models_md, api_visibility="private")  # --checkpoints may differ
+        demo.load(lambda: tuple(generator_dropdown() for _ in range(3)), None, [p_generator, g_generator, e_generator],
+                  api_visibility="private")
         for control in (seed, style):
             control.change(rerender, [current, seed, style, view, opacity], [shown, photo_now],
                            api_visibility="private")
@@ -494,7 +658,7 @@ def build_demo() -> gr.Blocks:
         keep_btn.click(keep_painting, [current, photo_now, source, start_grade, seed, items], [items, keep_msg],
                        api_visibility="private")
         # Gallery
-        g_btn.click(sample_gallery, [g_grades, g_count, g_seed, items], items, api_visibility="private").then(
+        g_btn.click(sample_gallery, [g_grades, g_count, g_seed, items, g_generator], items, api_visibility="private").then(
             gallery_view, [items, g_filter], [gallery, g_shown])
         g_filter.change(gallery_view, [items, g_filter], [gallery, g_shown], api_visibility="private")
         gallery.select(gallery_select, g_shown, g_selected, api_visibility="private")
@@ -504,7 +668,7 @@ def build_demo() -> gr.Blocks:
                       api_visibility="private").then(gallery_view, [items, g_filter], [gallery, g_shown])
         to_paint.click(open_in_paint, [items, g_selected], [canvas, base, tabs], api_visibility="private")
         # Export
-        e_btn.click(export, [e_what, e_count, e_seed, items], [e_file, e_msg], api_name="export")
+        e_btn.click(export, [e_what, e_count, e_seed, items, e_generator, e_layout], [e_file, e_msg], api_name="export")
 
         # Plain endpoints for gradio_client (file in, file out).
         with gr.Row(visible=False):
@@ -516,9 +680,11 @@ def build_demo() -> gr.Blocks:
             a_grade = gr.Number(0, precision=0)
             a_count = gr.Number(1, precision=0)
             a_gallery = gr.Gallery(format="png")
+            a_style = gr.File(type="filepath")
+            a_generator = gr.Textbox("")
             a_btn = gr.Button()
-        a_btn.click(api_render, [a_map, a_seed], a_out, api_name="render")
-        a_btn.click(api_sample, [a_grade, a_count, a_seed], a_gallery, api_name="sample")
+        a_btn.click(api_render, [a_map, a_seed, a_style], a_out, api_name="render")
+        a_btn.click(api_sample, [a_grade, a_count, a_seed, a_generator], a_gallery, api_name="sample")
         a_btn.click(api_extract, [a_map], a_out, api_name="extract")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     return demo

@@ -117,3 +117,83 @@ def overlay(photo: np.ndarray, index_map: np.ndarray, *, opacity: float) -> np.n
     colours = labels.to_color(index_map).astype(np.float32)
     alpha = np.where(index_map > labels.RETINA, opacity, 0.0).astype(np.float32)[..., None]
     return (photo.astype(np.float32) * (1 - alpha) + colours * alpha + 0.5).astype(np.uint8)
+
+
+# --- lesion stamps ------------------------------------------------------------------------------
+# A stamp is one lesion drawn by the phantom generator's own shapes (``phantom.draw_lesion``), so a
+# stamped lesion looks like the lesions the models were trained on.
+
+# Default stamp size of each lesion kind, in disc diameters (DD): its extent (a flame's length, a
+# tangle's diameter), after DATA.md's phantom priors.
+STAMP_SIZES_DD: dict[str, float] = {
+    "microaneurysm": 0.06,
+    "blot_haemorrhage": 0.25,
+    "flame_haemorrhage": 0.6,
+    "hard_exudate": 0.1,
+    "cotton_wool_spot": 0.4,
+    "neovascularisation": 1.0,
+    "irma": 0.6,
+}
+# Kinds drawn along the nerve fibres at the point clicked.
+FIBRE_ALIGNED: tuple[str, ...] = ("flame_haemorrhage", "cotton_wool_spot")
+# Discs smaller than this (px, equivalent diameter) are not trusted for the lesion scale.
+MIN_DISC_PX: float = 4.0
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """What a stamp needs to know about a map: disc and fovea centres ``(x, y)`` px, disc diameter px."""
+
+    disc: tuple[float, float] | None  # None: the map has no optic disc
+    fovea: tuple[float, float]  # the field of view's centre (where phantoms put the fovea)
+    dd: float
+
+
+def map_anatomy(index_map: np.ndarray) -> Anatomy:
+    """Disc centre and size (its pixels' centroid and equivalent diameter) and the FOV centre of a map.
+
+    Without a plausible disc, the disc diameter is the nominal one of the map's side.
+    """
+    from fundus_studio.phantom import nominal_disc_diameter
+
+    size = max(index_map.shape)
+    ys, xs = np.nonzero(index_map != labels.OUTSIDE)
+    fovea = (float(xs.mean()), float(ys.mean())) if xs.size else (size / 2.0, size / 2.0)
+    dys, dxs = np.nonzero(index_map == labels.OPTIC_DISC)
+    dd = 2.0 * float(np.sqrt(dxs.size / np.pi))
+    if dd < MIN_DISC_PX:
+        return Anatomy(disc=None, fovea=fovea, dd=nominal_disc_diameter(size))
+    return Anatomy(disc=(float(dxs.mean()), float(dys.mean())), fovea=fovea, dd=dd)
+
+
+def fibre_angle(anatomy: Anatomy, at: tuple[float, float]) -> float:
+    """Nerve-fibre direction (radians, image frame) at ``at``, from the disc and fovea positions (the
+    phantom generator's model: fibres leave the disc radially and arch around the fovea); 0 without a disc."""
+    from fundus_studio.phantom.anatomy import Frame
+    from fundus_studio.phantom.config import PhantomLayout
+
+    if anatomy.disc is None or np.hypot(anatomy.disc[0] - anatomy.fovea[0], anatomy.disc[1] - anatomy.fovea[1]) < 1:
+        return 0.0
+    layout = PhantomLayout(size=0, center=anatomy.fovea, fov_radius=0.0, disc=anatomy.disc, dd=anatomy.dd,
+                           disc_aspect=1.0, fovea=anatomy.fovea, faz_radius=0.0)
+    return float(Frame(layout).fibre_angle(np.asarray([at], dtype=np.float64))[0])
+
+
+def stamp_lesion(index_map: np.ndarray, kind: str, *, at: tuple[float, float], seed: int,
+                 size_dd: float | None = None) -> np.ndarray:
+    """``index_map`` with one lesion of ``kind`` (a key of ``phantom.LESION_KINDS``) centred at ``at``
+    (``(x, y)`` px), ``size_dd`` disc diameters across (default :data:`STAMP_SIZES_DD`), seeded.
+
+    Flames and cotton-wool spots lie along the nerve fibres at ``at``. Returns a new ``(S, S)`` map.
+    """
+    from fundus_studio.phantom import LESION_KINDS, draw_lesion
+
+    if kind not in LESION_KINDS:
+        raise InputError(f"unknown lesion kind {kind!r}; known: {', '.join(LESION_KINDS)}")
+    size_dd = STAMP_SIZES_DD[kind] if size_dd is None else float(size_dd)
+    if not size_dd > 0:
+        raise InputError(f"stamp size must be positive, got {size_dd} DD")
+    anatomy = map_anatomy(index_map)
+    angle = fibre_angle(anatomy, at) if kind in FIBRE_ALIGNED else 0.0
+    return draw_lesion(index_map, kind, centre=at, diameter=size_dd * anatomy.dd, seed=seed, angle=angle,
+                       dd=anatomy.dd)

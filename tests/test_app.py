@@ -79,10 +79,98 @@ def test_start_from_non_image_warns(app, tmp_path) -> None:
 
 
 def test_start_from_photo_and_sample(app) -> None:
-    from skimage import data
-
     value, base, _ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False)
     assert base.shape == (SIZE, SIZE) and value["background"].shape == (SIZE, SIZE, 4)
+    _, acgan, _ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False, "acgan")
+    assert np.array_equal(acgan, app.STUDIO.sample_labels(grade=4, count=1, seed=3, size=SIZE, generator="acgan")[0])
+    _, _, msg = app.start_map(app.START_SAMPLE, 4, 3, None, None, False, "gan9000")
+    assert "unknown generator 'gan9000'" in msg
+    _, phantom, _ = app.start_map(app.START_PHANTOM, 0, 5, None, None, False)
+    assert (phantom == labels.OPTIC_DISC).any() and (phantom == labels.VESSEL).sum() > 0.02 * SIZE * SIZE
+    assert not np.isin(phantom, labels.LESIONS).any()  # a healthy eye
+    _, photo, msg = app.start_map(app.START_PHOTO, 0, 0, None, app.example_photo(), False)
+    assert msg.startswith("Started") and photo[0, 0] == labels.OUTSIDE  # the bundled CC0 example photo ...
+    assert (photo != labels.OUTSIDE).mean() > 0.5  # ... is a field of view (the tiny U-Net's lesions are noise)
+
+
+# --- generators, the healthy start, stamps -----------------------------------------------------------
+
+
+def test_generator_choices_are_the_present_checkpoints_default_first(app, monkeypatch) -> None:
+    assert app.generator_choices() == ["flow", "acgan"]  # the tiny folder holds both; flow is the default
+    flow = app.sample_gallery(["2"], 1, 0, [], "flow")
+    acgan = app.sample_gallery(["2"], 1, 0, [], "acgan")
+    assert not np.array_equal(flow[0].label, acgan[0].label)
+    assert np.array_equal(app.sample_gallery(["2"], 1, 0, [])[0].label, flow[0].label)  # None: the default
+    monkeypatch.setattr(app.STUDIO, "has", lambda name: name != "label_flow")
+    assert app.generator_choices() == ["acgan"]
+
+
+def test_paint_opens_on_a_healthy_sample_or_falls_back_to_the_blank_retina(app, monkeypatch) -> None:
+    value, base, msg = app.open_healthy()
+    expected = app.STUDIO.sample_labels(grade=0, count=1, seed=app.HEALTHY_SEED, size=SIZE, generator="flow")[0]
+    assert np.array_equal(base, expected) and "grade-0 sample" in msg
+    assert np.array_equal(app.healthy_map(), expected)  # cached, the same every time
+    monkeypatch.setattr(app.STUDIO, "has", lambda name: False)
+    _, base, msg = app.open_healthy()
+    assert np.array_equal(base, blank_template(size=SIZE)) and "blank" in msg
+
+
+def _click(x: int, y: int):
+    import gradio as gr
+
+    return gr.SelectData(None, {"index": [x, y], "value": None})
+
+
+def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
+    import gradio as gr
+
+    base = app.phantom_anatomy(1)
+    stroke = np.zeros((SIZE, SIZE, 4), np.uint8)
+    stroke[20:24, 60:70] = (*labels.CLASSES[labels.HARD_EXUDATE].color, 255)
+    value = {"background": None, "layers": [stroke], "composite": None}
+    # A click on the render half of the side-by-side view lands on the same place of the map.
+    new_value, stamped, history, msg = app.stamp(value, base, "blot_haemorrhage", 0.5, [], _click(SIZE + 90, 64))
+    added = (stamped == labels.HAEMORRHAGE) & (base != labels.HAEMORRHAGE)
+    ys, xs = np.nonzero(added)
+    assert added.sum() > 10 and abs(xs.mean() - 90.5) < 3 and abs(ys.mean() - 64.5) < 3
+    assert (stamped[20:24, 60:70] == labels.HARD_EXUDATE).all()  # the strokes before the stamp are kept
+    assert new_value["layers"] == [] and np.array_equal(labels.from_color(new_value["background"][..., :3]), stamped)
+    again = app.stamp(value, base, "blot_haemorrhage", 0.5, [], _click(90, 64))[1]
+    assert np.array_equal(again, stamped)  # seeded by the position: the same click, the same lesion
+    assert len(history) == 1 and "blot haemorrhage" in msg
+    undone_value, undone, history, _ = app.undo_stamp(history)
+    assert not (undone == labels.HAEMORRHAGE).any() and (undone[20:24, 60:70] == labels.HARD_EXUDATE).all()
+    assert history == [] and app.undo_stamp([])[3] == "No stamp to undo."
+    assert all(r is gr.skip() or isinstance(r, type(gr.skip())) for r in
+               app.stamp(value, base, app.STAMP_OFF, 0.5, [], _click(90, 64)))  # no stamp chosen: painting only
+    assert app.stamp_size("microaneurysm") == app.editor.STAMP_SIZES_DD["microaneurysm"]
+
+
+def test_grade_panel_shows_every_probability_and_what_the_classifier_learnt(app) -> None:
+    probs = np.array([0.1, 0.2, 0.3, 0.25, 0.15])
+    text = app.stats_markdown(blank_template(size=SIZE), grade_probs=probs)
+    assert "grade 2 (" in text and all(f"{k}: {p:.2f}" in text for k, p in enumerate(probs))
+    assert "trained on procedural phantoms only" in text
+
+
+@pytest.mark.parametrize("layout", ["nnU-Net v2", "IDRiD layout"])
+def test_export_in_other_layouts(app, tmp_path, layout) -> None:
+    path, msg = app.export("Generate N per grade now", 1, 0, [], "acgan", layout)
+    assert zipfile.is_zipfile(path) and msg == f"Exported 5 samples ({layout})."
+    names = zipfile.ZipFile(path).namelist()
+    if layout == "nnU-Net v2":
+        (dataset_json,) = [n for n in names if n.endswith("dataset.json")]
+        import json
+
+        info = json.loads(zipfile.ZipFile(path).read(dataset_json))
+        assert info["numTraining"] == 5 and info["file_ending"] == ".png"
+        assert sum("/labelsTr/" in n for n in names) == 5
+    else:
+        assert any("Disease Grading_Training Labels.csv" in n for n in names)
+        assert any("5. Optic Disc" in n for n in names)
+    _, msg = app.export("Generate N per grade now", 1, 0, [], "acgan", "PNG soup")
+    assert "unknown export format" in msg
 
 
 def test_gallery_curation_and_per_user_export(app, tmp_path) -> None:
@@ -121,6 +209,17 @@ def test_api_render_a_painted_map(client, tmp_path) -> None:
     assert np.array_equal(a, b)  # palette PNG or colour PNG: the same map, the same render
 
 
+def test_api_render_in_a_photos_style(client, tmp_path) -> None:
+    from gradio_client import handle_file
+    from skimage import data
+
+    palette = save_label_png(tmp_path / "map.png", _painted_map())
+    style = save_png(tmp_path / "style.png", data.retina()[::4, ::4].copy())
+    plain = _pixels(client.predict(handle_file(str(palette)), 3, api_name="/render"))
+    styled = _pixels(client.predict(handle_file(str(palette)), 3, handle_file(str(style)), api_name="/render"))
+    assert styled.shape == plain.shape and not np.array_equal(styled, plain)
+
+
 def test_api_render_refuses_a_photo(client) -> None:
     from gradio_client import handle_file
     from skimage import data
@@ -137,6 +236,12 @@ def test_api_sample_and_extract(client, tmp_path) -> None:
 
     gallery = client.predict(2, 3, 7, api_name="/sample")
     assert len(gallery) == 3
+    flow = client.predict(2, 1, 7, "flow", api_name="/sample")
+    acgan = client.predict(2, 1, 7, "acgan", api_name="/sample")
+    assert np.array_equal(_pixels(flow[0]["image"]), _pixels(gallery[0]["image"]))  # the default: flow
+    assert not np.array_equal(_pixels(acgan[0]["image"]), _pixels(flow[0]["image"]))
+    with pytest.raises(Exception, match="unknown generator"):
+        client.predict(2, 1, 7, "gan9000", api_name="/sample")
     first = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
     labels.from_color(first)  # every pixel is a taxonomy colour
     photo = save_png(tmp_path / "photo.png", data.retina()[::4, ::4].copy())
@@ -152,6 +257,8 @@ def test_api_export_zip_is_a_studio_dataset(client, tmp_path) -> None:
     assert sorted(s.grade for s in ds) == list(range(labels.NUM_GRADES))
     assert all(s.extra["checkpoints"].startswith("acgan:") for s in ds)
     assert ds.size == SIZE
+    path, msg = client.predict("Generate N per grade now", 1, 5, "acgan", "IDRiD layout", api_name="/export")
+    assert msg == "Exported 5 samples (IDRiD layout)." and zipfile.is_zipfile(path)
 
 
 # --- errors: the user's own file name, one log line for a mistake, a traceback for a fault ---------------
