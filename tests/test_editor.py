@@ -101,3 +101,52 @@ def test_brush_colours_cover_every_paintable_class() -> None:
     cols = editor.brush_colors()
     assert len(cols) == labels.NUM_CLASSES - 1 and len(set(cols)) == len(cols)
     assert editor.hex_color(labels.OUTSIDE) not in cols
+
+
+# --- lesion stamps ----------------------------------------------------------------------------------
+
+
+def _healthy(size: int = 256) -> np.ndarray:
+    from fundus_studio.phantom import generate_phantom
+
+    return generate_phantom(grade=0, seed=3, size=size).label
+
+
+@pytest.mark.parametrize("kind", list(editor.STAMP_SIZES_DD))
+def test_every_stamp_draws_its_class_at_the_click_seeded(kind: str) -> None:
+    from fundus_studio.phantom import LESION_KINDS
+
+    base = _healthy()
+    out = editor.stamp_lesion(base, kind, at=(150.0, 170.0), seed=7)
+    changed = np.argwhere(out != base)
+    assert len(changed) > 0 and set(np.unique(out[out != base])) == {LESION_KINDS[kind]}
+    assert np.abs(changed.mean(0) - (170, 150)).max() < 0.6 * editor.map_anatomy(base).dd
+    assert np.array_equal(out, editor.stamp_lesion(base, kind, at=(150.0, 170.0), seed=7))
+    assert np.array_equal(base, _healthy())  # the map given is not modified
+
+
+def test_map_anatomy_finds_the_disc_and_falls_back_to_the_nominal_size() -> None:
+    from fundus_studio.phantom import nominal_disc_diameter
+
+    base = _healthy()
+    a = editor.map_anatomy(base)
+    ys, xs = np.nonzero(base == labels.OPTIC_DISC)
+    assert a.disc == pytest.approx((xs.mean(), ys.mean())) and 0.05 * 256 < a.dd < 0.25 * 256
+    blank = editor.map_anatomy(editor.blank_template(size=256))
+    assert blank.disc is None and blank.dd == nominal_disc_diameter(256)
+
+
+def test_flames_lie_along_the_nerve_fibres() -> None:
+    """Beside the disc on the horizontal through it, fibres run radially (horizontal); above the disc, towards
+    the fovea side they arch: a flame there is long along the fibre direction the phantom model gives."""
+    m = editor.blank_template(size=256)
+    m[120:136, 40:56] = labels.OPTIC_DISC  # disc left of the centre, fovea at the centre
+    a = editor.map_anatomy(m)
+    assert editor.fibre_angle(a, (90.0, a.disc[1])) == pytest.approx(0.0, abs=0.02)  # radial, to the right
+    out = editor.stamp_lesion(m, "flame_haemorrhage", at=(90.0, a.disc[1]), seed=1, size_dd=1.5)
+    ys, xs = np.nonzero(out == labels.HAEMORRHAGE)
+    assert np.ptp(xs) > 2 * np.ptp(ys)  # long axis horizontal
+    with pytest.raises(InputError, match="unknown lesion kind"):
+        editor.stamp_lesion(m, "drusen", at=(90.0, 90.0), seed=0)
+    with pytest.raises(InputError, match="must be positive"):
+        editor.stamp_lesion(m, "microaneurysm", at=(90.0, 90.0), seed=0, size_dd=0)
