@@ -87,3 +87,19 @@ def test_nearest_distances_and_disagreement() -> None:
     same = np.zeros((5, 4, 4), np.uint8)
     assert pairwise_disagreement(same, pairs=10, rng=np.random.default_rng(0)) == 0.0
     assert np.isnan(pairwise_disagreement(same[:1], pairs=10, rng=np.random.default_rng(0)))
+
+
+def test_memorisation_exposes_a_generator_that_copies_its_training_maps() -> None:
+    from training.evaluate_labels import memorisation
+
+    rng = np.random.default_rng(0)
+    train = np.stack([with_disc(retina(), centre=(int(x), 128)) for x in rng.integers(60, 200, 12)])
+    for m in train:  # each training map gets its own lesions
+        for cx, cy in rng.integers(40, 216, (6, 2)):
+            cv2.circle(m, (int(cx), int(cy)), 6, labels.HAEMORRHAGE, -1)
+    held_out = np.stack([with_disc(retina(), centre=(int(x), 100)) for x in rng.integers(60, 200, 6)])
+    copies = train[:6].copy()
+    copied = memorisation(copies, held_out, train)
+    assert copied["generated_median"] == 0.0 < copied["real_median"]
+    fresh = memorisation(held_out, held_out, train)
+    assert fresh["generated_median"] == pytest.approx(fresh["real_median"])
