@@ -91,6 +91,20 @@ class TrainConfig:
             raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
 
 
+# Trains in well under an hour on 2 CPU cores; sampled at 64² and upsampled.
+DEMO_CPU: dict[str, Any] = {
+    "model": {"resolution": 64, "z_dim": 64, "grade_dim": 16, "g_channels": 8, "g_max_channels": 128,
+              "d_channels": 8, "d_max_channels": 64},
+    "ada": {"speed_images": 100_000},
+    "batch": 16, "steps": 3000, "downsample": "keep-lesions", "ema_half_life_images": 5_000.0,
+    # Against intra-grade mode collapse (docs/training.md, "Mode collapse"): D judges one-hot fakes
+    # (straight-through), as it judges one-hot reals; minibatch stddev in D (model default); D's grade
+    # classifier on reals only, label-smoothed; D ahead of G (TTUR-style
+    # learning rates, one G update per D update instead of the paper's two).
+    "fake_input": "straight-through", "lr_g": 2e-4, "lr_d": 4e-4, "g_steps": 1, "aux_d_on_fakes": False,
+    "aux_label_smoothing": 0.1, "aux_weight_g": 1.0,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: the tests' recipe.
     "smoke": {
@@ -100,29 +114,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch": 4, "steps": 4, "log_every": 1, "sample_every": 2, "sample_cols": 2, "snapshot_every": 2,
         "ema_half_life_images": 100.0,
     },
-    # Trains in well under an hour on 2 CPU cores; sampled at 64² and upsampled.
-    "demo-cpu": {
-        "model": {"resolution": 64, "z_dim": 64, "grade_dim": 16, "g_channels": 8, "g_max_channels": 128,
-                  "d_channels": 8, "d_max_channels": 64},
-        "ada": {"speed_images": 100_000},
-        "batch": 16, "steps": 3000, "downsample": "keep-lesions", "ema_half_life_images": 5_000.0,
-        # Against intra-grade mode collapse (docs/training.md, "Mode collapse"): D judges one-hot fakes
-        # (straight-through), as it judges one-hot reals; minibatch stddev in D (model default); D's grade
-        # classifier on reals only, label-smoothed; D ahead of G (TTUR-style
-        # learning rates, one G update per D update instead of the paper's two).
-        "fake_input": "straight-through", "lr_g": 2e-4, "lr_d": 4e-4, "g_steps": 1, "aux_d_on_fakes": False,
-        "aux_label_smoothing": 0.1, "aux_weight_g": 1.0,
-    },
+    "demo-cpu": DEMO_CPU,
     # demo-cpu on soft maps: reals are 64² class fractions and fakes G's softmax, so a vessel is a
     # partial occupancy for both; the label upsampler turns the result into sharp 512² classes.
-    "soft-cpu": {
-        "model": {"resolution": 64, "z_dim": 64, "grade_dim": 16, "g_channels": 8, "g_max_channels": 128,
-                  "d_channels": 8, "d_max_channels": 64},
-        "ada": {"speed_images": 100_000},
-        "batch": 16, "steps": 3000, "downsample": "fractions", "ema_half_life_images": 5_000.0,
-        "fake_input": "softmax", "lr_g": 2e-4, "lr_d": 4e-4, "g_steps": 1, "aux_d_on_fakes": False,
-        "aux_label_smoothing": 0.1, "aux_weight_g": 1.0,
-    },
+    "soft-cpu": {**DEMO_CPU, "downsample": "fractions", "fake_input": "softmax"},
     # The paper's scale (256², ≈ 10 : 1 G : D), for GPUs.
     "paper-256": {
         "model": {"resolution": 256, "z_dim": 128, "grade_dim": 32, "g_channels": 16, "g_max_channels": 192,
