@@ -308,14 +308,15 @@ def open_healthy():
 
 
 @_guarded
-def stamp(value: dict | None, base: np.ndarray | None, kind: str, size_dd: float, history: list[np.ndarray],
-          evt: gr.SelectData):
+def stamp(current: np.ndarray | None, base: np.ndarray | None, kind: str, size_dd: float,
+          history: list[np.ndarray], seed: float, style: str | None, view: str, opacity: float, evt: gr.SelectData):
     """A click on the label map or the render with a lesion stamp chosen: the lesion drawn there (seeded by
-    the position) → (editor value, base map, undo history, message)."""
+    the position) → (editor value, base map, undo history, message, view, statistics, map, render).
+
+    It stamps the map as last rendered (strokes included), so the canvas need not travel to the server."""
     if kind not in LESION_KINDS or evt is None or evt.index is None:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    base = healthy_map() if base is None else base
-    current = editor.painted_map(value, base=base)  # strokes so far become part of the map
+        return (gr.skip(),) * 8
+    current = (healthy_map() if base is None else base) if current is None else current
     x, y = (int(v) for v in evt.index)
     x %= CANVAS_SIZE  # side by side: the map's and the render's halves are the same place
     try:
@@ -323,19 +324,23 @@ def stamp(value: dict | None, base: np.ndarray | None, kind: str, size_dd: float
                                       size_dd=float(size_dd))
     except StudioError as err:
         gr.Warning(_refused(err, "stamp"))
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (gr.skip(),) * 8
     history = [*history, current][-MAX_STAMP_UNDO:]
     added = int((stamped != current).sum())
     return (editor.editor_value(stamped), stamped, history,
-            f"Stamped a {kind.replace('_', ' ')} at ({x}, {y}): {added} px.")
+            f"Stamped a {kind.replace('_', ' ')} at ({x}, {y}): {added} px.",
+            *_rendered(stamped, seed=seed, style=style, view=view, opacity=opacity))
 
 
-def undo_stamp(history: list[np.ndarray]):
-    """Take back the last stamp (and strokes made after it) → (editor value, base map, history, message)."""
+@_guarded
+def undo_stamp(history: list[np.ndarray], seed: float, style: str | None, view: str, opacity: float):
+    """Take back the last stamp (and strokes made after it) → (editor value, base map, history, message,
+    view, statistics, map, render)."""
     if not history:
-        return gr.skip(), gr.skip(), gr.skip(), "No stamp to undo."
+        return (gr.skip(),) * 3 + ("No stamp to undo.",) + (gr.skip(),) * 4
     previous = history[-1]
-    return editor.editor_value(previous), previous, history[:-1], f"Stamp undone ({len(history) - 1} left)."
+    return (editor.editor_value(previous), previous, history[:-1], f"Stamp undone ({len(history) - 1} left).",
+            *_rendered(previous, seed=seed, style=style, view=view, opacity=opacity))
 
 
 def stamp_size(kind: str):
@@ -350,12 +355,32 @@ def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, styl
     base = healthy_map() if base is None else base
     try:
         index_map = editor.painted_map(value, base=base)
+    except StudioError as err:
+        gr.Warning(_refused(err, "paint"))
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return _rendered(index_map, seed=seed, style=style, view=view, opacity=opacity)
+
+
+def _rendered(index_map: np.ndarray, *, seed: float, style: str | None, view: str, opacity: float):
+    """A map → (view, statistics, the map, its render); a refused render warns and changes nothing."""
+    try:
         photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
     except StudioError as err:
         gr.Warning(_refused(err, "paint"))
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     stats = stats_markdown(index_map, grade_probs=STUDIO.classify_grade(index_map))
     return _show(index_map, photo, view=view, opacity=opacity), stats, index_map, photo
+
+
+@_guarded
+def canvas_loaded(value: dict | None, base: np.ndarray | None, current: np.ndarray | None, seed: float,
+                  style: str | None, view: str, opacity: float):
+    """The canvas replaced by a handler (start, gallery, stamp): render it, unless it shows the map rendered
+    already (a stamp renders at once, without waiting for the canvas's round trip)."""
+    base = healthy_map() if base is None else base
+    if current is not None and np.array_equal(editor.painted_map(value, base=base), current):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return paint_changed(value, base, seed, style, view, opacity)
 
 
 @_guarded
@@ -633,17 +658,19 @@ def build_demo() -> gr.Blocks:
         example_btn.click(lambda: (example_photo(), START_PHOTO), None, [photo, source], api_visibility="private").then(
             start_map, [source, start_grade, start_seed, upload, photo, nearest, p_generator], [canvas, base, start_msg],
             api_visibility="private")
-        shown.select(stamp, [canvas, base, stamp_kind, stamp_dd, stamps], [canvas, base, stamps, stamp_msg],
-                     api_visibility="private")
+        rendered = [shown, stats, current, photo_now]
+        shown.select(stamp, [current, base, stamp_kind, stamp_dd, stamps, seed, style, view, opacity],
+                     [canvas, base, stamps, stamp_msg, *rendered], api_visibility="private")
         stamp_kind.change(stamp_size, stamp_kind, stamp_dd, api_visibility="private")
-        undo_btn.click(undo_stamp, stamps, [canvas, base, stamps, stamp_msg], api_visibility="private")
+        undo_btn.click(undo_stamp, [stamps, seed, style, view, opacity], [canvas, base, stamps, stamp_msg, *rendered],
+                       api_visibility="private")
         # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
         # Only the latest canvas state is rendered when strokes arrive faster than renders.
         canvas.input(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
                      api_name="paint", trigger_mode="always_last")
         # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
-        canvas.change(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
-                      api_visibility="private", trigger_mode="always_last")
+        canvas.change(canvas_loaded, [canvas, base, current, seed, style, view, opacity],
+                      [shown, stats, current, photo_now], api_visibility="private", trigger_mode="always_last")
         # Paint opens on a healthy retina; setting the canvas renders it (canvas.change above).
         demo.load(open_healthy, None, [canvas, base, start_msg], api_visibility="private")
         demo.load(lambda: STUDIO.describe(), None, models_md, api_visibility="private")  # --checkpoints may differ

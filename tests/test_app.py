@@ -129,21 +129,29 @@ def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
     stroke = np.zeros((SIZE, SIZE, 4), np.uint8)
     stroke[20:24, 60:70] = (*labels.CLASSES[labels.HARD_EXUDATE].color, 255)
     value = {"background": None, "layers": [stroke], "composite": None}
+    _, _, painted, _ = app.paint_changed(value, base, 0, None, app.VIEW_SIDE, 0.5)  # a stroke, rendered
+    show = (0, None, app.VIEW_SIDE, 0.5)
     # A click on the render half of the side-by-side view lands on the same place of the map.
-    new_value, stamped, history, msg = app.stamp(value, base, "blot_haemorrhage", 0.5, [], _click(SIZE + 90, 64))
+    new_value, stamped, history, msg, shown, stats, current, photo = app.stamp(
+        painted, base, "blot_haemorrhage", 0.5, [], *show, _click(SIZE + 90, 64))
+    assert np.array_equal(current, stamped) and np.array_equal(_pixels(shown)[:, SIZE:], photo)  # rendered at once
+    # The canvas's own change event that follows renders nothing twice; a map loaded from elsewhere renders.
+    assert app.canvas_loaded(new_value, stamped, current, *show) == (gr.skip(),) * 4
+    assert app.canvas_loaded(app.editor.editor_value(base), base, current, *show)[2] is not None
     added = (stamped == labels.HAEMORRHAGE) & (base != labels.HAEMORRHAGE)
     ys, xs = np.nonzero(added)
     assert added.sum() > 10 and abs(xs.mean() - 90.5) < 3 and abs(ys.mean() - 64.5) < 3
     assert (stamped[20:24, 60:70] == labels.HARD_EXUDATE).all()  # the strokes before the stamp are kept
     assert new_value["layers"] == [] and np.array_equal(labels.from_color(new_value["background"][..., :3]), stamped)
-    again = app.stamp(value, base, "blot_haemorrhage", 0.5, [], _click(90, 64))[1]
+    again = app.stamp(painted, base, "blot_haemorrhage", 0.5, [], *show, _click(90, 64))[1]
     assert np.array_equal(again, stamped)  # seeded by the position: the same click, the same lesion
     assert len(history) == 1 and "blot haemorrhage" in msg
-    undone_value, undone, history, _ = app.undo_stamp(history)
+    undone_value, undone, history, _, _, _, current, _ = app.undo_stamp(history, *show)
     assert not (undone == labels.HAEMORRHAGE).any() and (undone[20:24, 60:70] == labels.HARD_EXUDATE).all()
-    assert history == [] and app.undo_stamp([])[3] == "No stamp to undo."
-    assert all(r is gr.skip() or isinstance(r, type(gr.skip())) for r in
-               app.stamp(value, base, app.STAMP_OFF, 0.5, [], _click(90, 64)))  # no stamp chosen: painting only
+    assert np.array_equal(current, undone)
+    assert history == [] and app.undo_stamp([], *show)[3] == "No stamp to undo."
+    skipped = app.stamp(painted, base, app.STAMP_OFF, 0.5, [], *show, _click(90, 64))  # no stamp: painting only
+    assert len(skipped) == 8 and all(r == gr.skip() for r in skipped)
     assert app.stamp_size("microaneurysm") == app.editor.STAMP_SIZES_DD["microaneurysm"]
 
 
