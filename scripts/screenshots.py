@@ -67,11 +67,20 @@ def shoot(url: str, out: Path, chromium: str) -> None:
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
-        # Paint: start from an ACGAN sample of grade 3, then add a haemorrhage stroke.
-        page.get_by_label("ACGAN sample").check()
-        page.locator("#load").click()
+        # Paint: the healthy retina it opens on, two lesion stamps placed by clicks, then a haemorrhage stroke.
+        page.wait_for_function("() => (document.querySelector('#start-msg')?.innerText || '').includes('Started')")
         page.wait_for_function("() => (document.querySelector('#stats')?.innerText || '').includes('Grade classifier')")
         page.wait_for_function(IDLE_JS)
+        for kind, (fx, fy) in (("flame_haemorrhage", (0.2, 0.35)), ("cotton_wool_spot", (0.33, 0.62))):
+            page.locator("#stamp-kind input").click()
+            page.get_by_role("option", name=kind).click()
+            page.mouse.click(5, 5)  # close the list
+            shown = page.locator("#render img")
+            ib = shown.bounding_box()
+            msg = page.locator("#stamp-msg").inner_text()
+            shown.click(position={"x": ib["width"] * fx, "y": ib["height"] * fy})
+            page.wait_for_function("(m) => (document.querySelector('#stamp-msg')?.innerText || '') !== m", arg=msg)
+            page.wait_for_function(IDLE_JS)
         before = page.locator("#stats").inner_text()
         canvas = page.locator("#canvas canvas").first
         box = canvas.bounding_box()
@@ -82,6 +91,8 @@ def shoot(url: str, out: Path, chromium: str) -> None:
             page.mouse.move(cx + dx, cy + 30 + dx / 5)
         page.mouse.up()
         page.wait_for_function("(before) => document.querySelector('#stats')?.innerText !== before", arg=before)
+        page.wait_for_function(IDLE_JS)  # the canvas's own change event may still be on its way
+        time.sleep(1.0)
         _save(page, out / "screenshot-paint.png")
         # Gallery: two samples per grade.
         page.get_by_role("tab", name="Gallery").click()
