@@ -41,7 +41,7 @@ MAX_FOV_RADIUS: float = math.sqrt(2.0)
 class FlowSamplingConfig:
     """How the flow-matching prior is integrated (the ODE from noise at t = 0 to a map at t = 1)."""
 
-    steps: int = 8  # Euler steps (network calls per map: 2 × steps with guidance)
+    steps: int = 16  # Euler steps (network calls per map: 2 × steps with guidance); 16 measured best (docs/training.md)
     guidance: float = 1.5  # classifier-free guidance weight w: v = v_uncond + w (v_grade − v_uncond); 1 = off
 
     def __post_init__(self) -> None:
