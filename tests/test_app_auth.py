@@ -34,7 +34,7 @@ def _logged_in(url: str):
 
 def _served_file(http, url: str) -> str:
     """Run /sample through the plain HTTP API as a logged-in user; the URL of the first file it returns."""
-    event = http.post("gradio_api/call/sample", json={"data": [1, 1, 0]})
+    event = http.post("gradio_api/call/sample", json={"data": [1, 1, 0, "flow"]})  # grade, count, seed, generator
     event.raise_for_status()
     stream = http.get(f"gradio_api/call/sample/{event.json()['event_id']}").text
     data = [json.loads(line[len("data:"):]) for line in stream.splitlines() if line.startswith("data:")]
