@@ -213,11 +213,11 @@ class LabelSampler:
 
     @torch.no_grad()
     def refine(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, C, R, R) coarse probabilities → the upsampler's (B, C, R·f, R·f) probabilities (or as they are)."""
+        """(B, C, R, R) coarse probabilities → the upsampler's (B, C, R·f, R·f) probabilities (or as they are).
+        The caller bounds B: :meth:`sample_grades` passes ``upsample_batch`` maps at a time."""
         if self.upsampler is None:
             return probs
-        return torch.cat([self.upsampler(p.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
-                          for p in probs.split(self.config.upsample_batch)])
+        return self.upsampler(probs.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
 
     @torch.no_grad()
     def sample_grades(self, grades: list[int] | torch.Tensor, *, seed: int, size: int | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ real maps at (its ``map_resolution``) the way its real maps were (``downsample``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -117,10 +118,12 @@ def _downsample(maps: np.ndarray, side: int, mode: str) -> np.ndarray:
     return np.stack([harness.resize_index_map(m, side, mode=mode) for m in maps])
 
 
-def anatomy_block(generated: np.ndarray, real: np.ndarray, *, pairs: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Shape summaries (training.anatomy) of generated and real maps of one grade, and their diversity."""
-    return {"generated": anatomy.summarise([anatomy.measure(m) for m in generated]),
-            "real": anatomy.summarise([anatomy.measure(m) for m in real]) if len(real) else None,
+def anatomy_block(generated: np.ndarray, real: np.ndarray, *, generated_measures: list[anatomy.MapAnatomy],
+                  real_measures: list[anatomy.MapAnatomy], pairs: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Shape summaries (training.anatomy) of generated and real maps of one grade, and their diversity;
+    the maps' measures are taken once by the caller."""
+    return {"generated": anatomy.summarise(generated_measures),
+            "real": anatomy.summarise(real_measures) if len(real) else None,
             "diversity_generated": anatomy.pairwise_disagreement(generated, pairs=pairs, rng=rng),
             "diversity_real": anatomy.pairwise_disagreement(real, pairs=pairs, rng=rng)}
 
@@ -147,7 +150,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     info = read_info(classifier_path)["data"]
     side = int(info.get("map_resolution", classifier.config.resolution))
     mode = info.get("downsample", "area")
-    real = harness.load_label_maps(cfg.data, resolution=side, require_grade=True, downsample=mode)
+    # The real maps are read once, at the output side; the classifier's copy is derived from them.
+    real_full = harness.load_label_maps(cfg.data, resolution=cfg.size, require_grade=True, downsample="nearest")
+    full_maps, full_grades = real_full.maps.numpy(), real_full.grades.numpy()
+    real = dataclasses.replace(real_full, maps=torch.from_numpy(_downsample(full_maps, side, mode)))
     if _same_dataset(cfg.data, info.get("dataset")):
         heldout_ids = set(info.get("heldout_ids", []))  # the classifier's own held-out share
         held = real.subset([i for i, s in enumerate(real.ids) if s in heldout_ids])
@@ -180,8 +186,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     # (b) lesion statistics, (c) diversity and (d) anatomy, per grade
     rng = np.random.default_rng(cfg.seed)
     real_maps, real_grades = real.maps.numpy(), real.grades.numpy()
-    real_full = harness.load_label_maps(cfg.data, resolution=cfg.size, require_grade=True, downsample="nearest")
-    full_maps, full_grades = real_full.maps.numpy(), real_full.grades.numpy()
+    gen_measures = [anatomy.measure(m) for m in full]  # each map measured once: per grade and pooled
+    real_measures = [anatomy.measure(m) for m in full_maps]
     per_grade: dict[str, Any] = {}
     for g in range(labels.NUM_GRADES):
         gen_g, real_g = generated[grades == g], real_maps[real_grades == g]
@@ -203,12 +209,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "lesion_fraction_real": lesion_real, "classes": classes,
             "diversity_generated": disagreement(gen_g, pairs=cfg.diversity_pairs, rng=rng),
             "diversity_real": disagreement(real_g, pairs=cfg.diversity_pairs, rng=rng),
-            "anatomy": anatomy_block(full[grades == g], full_maps[full_grades == g], pairs=cfg.diversity_pairs,
-                                     rng=rng),
+            "anatomy": anatomy_block(
+                full[grades == g], full_maps[full_grades == g], pairs=cfg.diversity_pairs, rng=rng,
+                generated_measures=[m for m, y in zip(gen_measures, grades) if y == g],
+                real_measures=[m for m, y in zip(real_measures, full_grades) if y == g]),
         }
     report["per_grade"] = per_grade
-    report["anatomy"] = {"generated": anatomy.summarise([anatomy.measure(m) for m in full]),
-                         "real": anatomy.summarise([anatomy.measure(m) for m in full_maps])}
+    report["anatomy"] = {"generated": anatomy.summarise(gen_measures), "real": anatomy.summarise(real_measures)}
 
     # (e) memorisation
     train_path = _training_maps(cfg)
