@@ -217,3 +217,15 @@ def test_random_crops_are_aligned_to_the_coarse_grid() -> None:
     for c in crops:
         corner = int(min(c[0, 0], c[0, -1]))  # a flipped crop has its left corner on the right
         assert (corner // 64) % 8 == 0 and (corner % 64) % 8 == 0
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine_to_its_floor() -> None:
+    from training.label_flow import TrainConfig, lr_factor
+    constant = TrainConfig(steps=100, warmup=10)
+    assert lr_factor(0, cfg=constant) == pytest.approx(0.1) and lr_factor(99, cfg=constant) == 1.0
+    decayed = TrainConfig(steps=100, warmup=10, decay_start=60, lr_min=0.1)
+    assert lr_factor(60, cfg=decayed) == 1.0
+    assert lr_factor(80, cfg=decayed) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_factor(100, cfg=decayed) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="decay_start"):
+        TrainConfig(steps=100, decay_start=100)

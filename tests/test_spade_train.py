@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from fundus_studio import labels
-from fundus_studio.errors import InputError
+from fundus_studio.errors import CheckpointError, InputError
 from fundus_studio.models.spade import SpadeGenerator, fold_spectral_norm
 from fundus_studio.phantom import write_phantoms
 from fundus_studio.pipeline import Renderer, one_hot_tensor, tensor_to_photo
@@ -109,6 +109,38 @@ def test_cli_refuses_bad_values(dataset: Path, tmp_path: Path, bad: str) -> None
         args += ["--set", "generator.z_dim=0"]
     with pytest.raises(SystemExit):
         spade.parse_args(args)
+
+
+def test_init_starts_a_new_run_from_an_exported_renderer(styled_run: Path, dataset: Path, tmp_path: Path) -> None:
+    # Before any step the fine-tuned run's G renders as the exported one: the folded weights go back
+    # under spectral norm nearly unchanged (their largest singular value is already ≈ 1; the
+    # exporter's power-iteration estimate of it was not exact, hence the tolerance).
+    _, label = held_out_pair(dataset)
+    source = Renderer.from_checkpoint(styled_run / "spade.safetensors")
+    cfg = spade.parse_args(["--data", str(dataset), "--out", str(tmp_path / "ft"), "--preset", "smoke",
+                            "--set", "style_encoder=true", "--init", str(styled_run / "spade.safetensors")])
+    g = SpadeGenerator(cfg.generator)
+    e = spade.StyleEncoder(cfg.encoder)
+    spade.init_from(cfg.init, G=g, E=e, G_ema=None)
+    g = fold_spectral_norm(g).eval().to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        z = torch.randn(1, cfg.generator.z_dim, generator=torch.Generator().manual_seed(5))
+        mine = g(one_hot_tensor(label).contiguous(memory_format=torch.channels_last), z).float()
+        theirs = source.generator(one_hot_tensor(label).contiguous(memory_format=torch.channels_last), z).float()
+        fresh = fold_spectral_norm(SpadeGenerator(cfg.generator)).eval().to(memory_format=torch.channels_last)
+        untrained = fresh(one_hot_tensor(label).contiguous(memory_format=torch.channels_last), z).float()
+    assert (mine - theirs).abs().max() < 0.05 and (mine - theirs).abs().mean() < 0.005
+    assert (untrained - theirs).abs().mean() > 10 * (mine - theirs).abs().mean()
+    # The run itself logs the start and trains on from there; a resumed run does not re-initialise.
+    spade.train(cfg)
+    log = (tmp_path / "ft" / "log.txt").read_text()
+    assert log.count("initialised G and E from") == 1 and metric_steps(tmp_path / "ft") == [1, 2, 3, 4]
+
+
+def test_init_refuses_a_renderer_of_another_architecture(styled_run: Path, dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="architecture differs"):
+        smoke(dataset, tmp_path / "other", "--set", "style_encoder=true", "--set", "generator.channels=[16,8,8]",
+              "--set", f"init={styled_run / 'spade.safetensors'}")
 
 
 # --- export → pipeline.Renderer ------------------------------------------------------------------

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,8 @@ class TrainConfig:
     batch: int = 32  # maps per rank per step
     lr: float = 5e-4  # AdamW learning rate after warm-up
     warmup: int = 200  # steps of linear learning-rate warm-up
+    decay_start: int = 0  # 0: constant rate after warm-up; else a cosine decay from this step to lr·lr_min at `steps`
+    lr_min: float = 0.05  # the decay's final rate as a fraction of lr
     weight_decay: float = 0.0  # AdamW weight decay
     uncond_prob: float = 0.1  # probability of dropping the grade (classifier-free guidance)
     t_mean: float = 0.0  # mean of the logit-normal time distribution
@@ -69,6 +73,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0 or self.keep_every < 0:
             raise ValueError("lr and grad_clip must be positive; warmup, weight_decay and keep_every non-negative")
+        if not 0 <= self.decay_start < self.steps or not 0 < self.lr_min <= 1:
+            raise ValueError(f"decay_start must lie in [0, steps) and lr_min in (0, 1], got {self.decay_start}, "
+                             f"{self.lr_min}")
         if not 0.0 <= self.uncond_prob < 1.0:
             raise ValueError(f"uncond_prob must lie in [0, 1), got {self.uncond_prob}")
         if self.t_std <= 0 or not 0.0 <= self.t_uniform <= 1.0:
@@ -140,6 +147,17 @@ def sample_grid(model: FlowUNet, *, seed: int, cols: int) -> tuple[np.ndarray, f
 # --- training -----------------------------------------------------------------------------------
 
 
+def lr_factor(step: int, *, cfg: TrainConfig) -> float:
+    """The learning rate at ``step`` as a fraction of ``cfg.lr``: linear warm-up, then constant, then
+    (when ``decay_start`` is set) a cosine to ``lr_min`` at ``steps``. A function of the step alone, so
+    a resumed run — even one given a decay it did not start with — continues on the same curve."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.decay_start and step > cfg.decay_start:
+        progress = min(1.0, (step - cfg.decay_start) / (cfg.steps - cfg.decay_start))
+        factor *= cfg.lr_min + (1.0 - cfg.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the prior in ``cfg.out``; return the inference checkpoint's path (EMA weights)."""
     # Build.
@@ -158,7 +176,7 @@ def train(cfg: TrainConfig) -> Path:
     ema = harness.make_ema(model)
     run.log.info("flow U-Net %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg=cfg))
     gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + dist.rank)
     state = harness.TrainState(modules={"model": model, "ema": ema}, optimizers={"model": opt},
                                extras={"sched": sched}, generators={"train": gen})

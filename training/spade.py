@@ -30,7 +30,8 @@ from fundus_studio.models.spade import (
     SPADE_PRESETS, MultiscalePatchDiscriminator, PatchDiscriminatorConfig, SpadeGenerator, SpadeGeneratorConfig,
     StyleEncoder, StyleEncoderConfig, reparameterize,
 )
-from fundus_studio.pipeline import tensor_to_photo
+from fundus_studio.errors import CheckpointError
+from fundus_studio.pipeline import Renderer, tensor_to_photo
 from training import harness
 from training.harness.data import DOWNSAMPLE_MODES
 
@@ -45,6 +46,7 @@ class TrainConfig:
     resume: bool = False  # fail unless RUN/state exists (resuming is automatic anyway)
     device: str = "auto"  # auto | cpu | cuda
     export_to: Path | None = None  # also copy spade(.json/.safetensors) [+ spade_encoder] here
+    init: Path | None = None  # fine-tune: a new run starts G (and E) from this spade.safetensors; D starts fresh
     generator: SpadeGeneratorConfig = field(default_factory=SpadeGeneratorConfig)  # G's architecture
     encoder: StyleEncoderConfig = field(default_factory=StyleEncoderConfig)  # used when style_encoder
     discriminator: PatchDiscriminatorConfig = field(default_factory=PatchDiscriminatorConfig)  # D's architecture
@@ -131,11 +133,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m training.spade", description=__doc__.split("\n\n")[0])
     harness.add_common_arguments(parser, presets=PRESETS, default_preset="demo-cpu")
     parser.add_argument("--batch", type=int, default=None, help="pairs per rank per step")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="fine-tune: a new run starts G (and E) from this spade.safetensors (e.g. checkpoints/)")
     parser.add_argument("--debug-checksums", action="store_const", const=True, default=None,
                         help="write per-rank weight hashes to RUN/checksums/ (checks DDP sync)")
     args = parser.parse_args(argv)
     given = {k: getattr(args, k) for k in ("data", "out", "steps", "seed", "device", "export_to", "threads", "batch",
-                                           "debug_checksums")}
+                                           "debug_checksums", "init")}
     given["resume"] = args.resume or None
     try:
         return harness.resolve(TrainConfig, presets=PRESETS, preset=args.preset, given=given, overrides=args.overrides)
@@ -220,6 +224,41 @@ def sample_grid(g: SpadeGenerator, encoder: StyleEncoder | None, photo: torch.Te
 # --- training -----------------------------------------------------------------------------------
 
 
+def load_exported(module: nn.Module, exported: dict[str, torch.Tensor]) -> None:
+    """Load an exported state dict (spectral norm folded into plain ``weight``s) into a module that
+    trains with spectral norm: each folded weight becomes the parametrisation's ``original`` (its
+    largest singular value is already ≈ 1, so the normalised weight is unchanged) and the power
+    iteration's u, v start at its exact singular vectors instead of random ones."""
+    target = module.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    for key, value in exported.items():
+        prefix = key[: -len("weight")]
+        if key.endswith("weight") and prefix + "parametrizations.weight.original" in target:
+            w = value.float()
+            u, _, vh = torch.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
+            state[prefix + "parametrizations.weight.original"] = w
+            state[prefix + "parametrizations.weight.0._u"] = u[:, 0].contiguous()
+            state[prefix + "parametrizations.weight.0._v"] = vh[0].contiguous()
+        else:
+            state[key] = value.float()
+    module.load_state_dict(state)  # strict: any other mismatch is an error, not a partial load
+
+
+def init_from(path: Path, *, G: SpadeGenerator, E: StyleEncoder | None, G_ema: nn.Module | None) -> None:
+    """Copy an inference checkpoint's weights (and its ``_encoder`` sibling's, when E is trained) into
+    the fresh modules; a checkpoint of another architecture is a CheckpointError, not a silent partial load."""
+    source = Renderer.from_checkpoint(path)
+    pairs = [(G, source.generator, "generator")] + ([(E, source.encoder, "encoder")] if E is not None else [])
+    for module, loaded, what in pairs:
+        if loaded is None:
+            raise CheckpointError(f"{path}: no style encoder beside it, but this run trains one (--set style_encoder=false?)")
+        if loaded.config != module.config:
+            raise CheckpointError(f"{path}: its {what} architecture differs from this run's: {loaded.config} vs {module.config}")
+        load_exported(module, loaded.state_dict())
+    if G_ema is not None:
+        G_ema.load_state_dict(G.state_dict())
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the renderer in ``cfg.out``; return the inference checkpoint's path."""
     # Build.
@@ -247,8 +286,11 @@ def train(cfg: TrainConfig) -> Path:
                                      **({"G_ema": G_ema} if G_ema is not None else {})}
     state = harness.TrainState(modules=modules, optimizers={"G": opt_g, "D": opt_d}, generators={"train": gen})
 
-    # Resume.
+    # Resume (or start from a shipped renderer).
     start = run.resume(state, require=cfg.resume)
+    if start == 0 and cfg.init is not None:
+        init_from(cfg.init, G=G, E=E, G_ema=G_ema)
+        run.log.info("initialised G%s from %s", " and E" if E is not None else "", cfg.init)
     G_ddp, D_ddp = dist.wrap(G), dist.wrap(D)
     E_ddp = dist.wrap(E) if E is not None else None
     if cfg.compile:
