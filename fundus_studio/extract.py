@@ -288,11 +288,14 @@ def label_map_from_preprocessed(
     *,
     lesions: dict[int, np.ndarray] | None = None,
     optic_disc: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
     config: ExtractConfig = DEFAULT,
 ) -> np.ndarray:
     """Label map of a photo already squared by :func:`~fundus_studio.preprocess.preprocess`.
 
     ``optic_disc`` (``(S, S)`` bool) replaces the detector where the dataset annotates the disc.
+    ``exclude`` (``(S, S)`` bool) is kept out of the vessel search like ``lesions`` but not painted:
+    lesions offered as suggestions (:mod:`fundus_studio.suggestions`) rather than written into the map.
     """
     lesions = lesions or {}
     for idx, mask in lesions.items():
@@ -305,7 +308,9 @@ def label_map_from_preprocessed(
         optic_disc = disc_mask(fov.shape, disc)
     else:
         disc = disc_circle(optic_disc)
-    exclude = np.zeros(fov.shape, bool)
+    if exclude is not None and exclude.shape != fov.shape:
+        raise InputError(f"exclusion mask {exclude.shape} does not match the photo {fov.shape}")
+    exclude = np.zeros(fov.shape, bool) if exclude is None else exclude.astype(bool)
     for mask in lesions.values():
         exclude |= mask
     masks = {

@@ -13,13 +13,19 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fundus_studio.errors import CheckpointError, InputError
+from fundus_studio.labels import LESIONS
+
+if TYPE_CHECKING:  # imported where used: they bring OpenCV, and the CLI starts without it
+    from fundus_studio.photo_edit import ExtractedPhoto
+    from fundus_studio.suggestions import LesionSuggestions
 
 # The checkpoint names a checkpoints folder may hold, and what each is for.
 MODEL_ROLES: dict[str, str] = {
@@ -37,6 +43,7 @@ DEFAULT_GENERATOR = "flow"
 UPSAMPLER = "label_upsampler"
 # The render latent is drawn from its own stream of the sample's seed, apart from the label latent.
 RENDER_STREAM = 1
+EXTRACTED_CACHE = 4  # photos whose extraction (map, lesion probabilities) a Studio keeps
 
 
 def pair_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -60,6 +67,30 @@ def split_front_matter(text: str) -> tuple[str | None, str]:
     return None, text
 
 
+def lesion_probabilities(segmenter: Any, photo: np.ndarray, fov: np.ndarray) -> dict[int, np.ndarray]:
+    """A ``pipeline.Segmenter``'s per-class probabilities on a squared ``(S, S, 3)`` photo →
+    ``{lesion class: (S, S) float32}``, 0 outside ``fov``. The photo is brought to the side the U-Net
+    was trained at and the probabilities back to S, as ``Segmenter.segment_preprocessed`` does before
+    it thresholds them."""
+    import cv2
+
+    size = photo.shape[0]
+    work = photo
+    if segmenter.resolution is not None and segmenter.resolution != size:
+        work = cv2.resize(work, (segmenter.resolution,) * 2, interpolation=cv2.INTER_AREA)
+    stride = segmenter.unet.config.stride
+    if work.shape[0] % stride:
+        raise InputError(f"the segmenter needs a side that is a multiple of {stride}, got {work.shape[0]}")
+    probs = segmenter.probabilities(work)
+    out = {}
+    for i, k in enumerate(segmenter.classes):
+        if k in LESIONS:
+            p = probs[i] if probs.shape[-1] == size else cv2.resize(probs[i], (size, size),
+                                                                    interpolation=cv2.INTER_LINEAR)
+            out[int(k)] = np.where(fov, p, 0.0).astype(np.float32)
+    return out
+
+
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
 
 
@@ -76,6 +107,7 @@ class Studio:
         self.checkpoints = Path(checkpoints)
         self.generator = generator
         self._models: dict[str, Any] = {}
+        self._extracted: OrderedDict[tuple[str, int], ExtractedPhoto] = OrderedDict()
         self._lock = threading.RLock()  # re-entrant: a sampler loads the upsampler while holding it
 
     @classmethod
@@ -103,6 +135,7 @@ class Studio:
         with self._lock:
             self.checkpoints = Path(checkpoints)
             self._models.clear()
+            self._extracted.clear()
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -194,6 +227,65 @@ class Studio:
         from fundus_studio.pipeline import extract_with_lesions
 
         return extract_with_lesions(photo, size=size, segmenter=self._get("unet") if self.has("unet") else None)
+
+    def extract_photo(self, photo: np.ndarray, *, size: int = 512) -> ExtractedPhoto:
+        """Photo → what editing it through its map starts from: the photo squared by the one
+        preprocessing path, its map (field of view, disc, vessels: classical) and, when a ``unet``
+        checkpoint is present, the U-Net's lesion probabilities as suggestions, not in the map (it was
+        trained on phantoms only). Cached per photo and size: moving the suggestion threshold or
+        editing again re-runs nothing."""
+        from fundus_studio.style import check_photo, photo_key
+
+        check_photo(photo)
+        key = (photo_key(photo), size)
+        with self._lock:
+            if key in self._extracted:
+                self._extracted.move_to_end(key)
+                return self._extracted[key]
+        out = self._extract_photo(photo, size=size)
+        with self._lock:
+            self._extracted[key] = out
+            while len(self._extracted) > EXTRACTED_CACHE:
+                self._extracted.popitem(last=False)
+        return out
+
+    def _extract_photo(self, photo: np.ndarray, *, size: int) -> ExtractedPhoto:
+        from fundus_studio.extract import label_map_from_preprocessed
+        from fundus_studio.photo_edit import ExtractedPhoto
+        from fundus_studio.preprocess import preprocess
+        from fundus_studio.suggestions import LesionSuggestions
+
+        pre = preprocess(photo, size=size)
+        suggestions, exclude = None, None
+        if self.has("unet"):
+            segmenter = self._get("unet")
+            suggestions = LesionSuggestions(lesion_probabilities(segmenter, pre.photo, pre.fov))
+            # The vessel search skips what the U-Net would call a lesion, as extract() does.
+            exclude = np.zeros(pre.fov.shape, bool)
+            for mask in suggestions.masks(segmenter.threshold).values():
+                exclude |= mask
+        label_map = label_map_from_preprocessed(pre.photo, pre.fov, exclude=exclude)
+        return ExtractedPhoto(photo=pre.photo, label_map=label_map, suggestions=suggestions)
+
+    def lesion_probabilities(self, photo: np.ndarray, *, size: int = 512) -> LesionSuggestions | None:
+        """The lesion U-Net's per-class probabilities on a photo, in its squared geometry (cached with
+        :meth:`extract_photo`); None without a ``unet`` checkpoint."""
+        return self.extract_photo(photo, size=size).suggestions
+
+    def edit_photo(self, photo: np.ndarray, original_map: np.ndarray, edited_map: np.ndarray, *,
+                   seed: int) -> np.ndarray:
+        """A real photo edited through its map: ``photo`` ``(S, S, 3)`` (``extract_photo(...).photo``) kept
+        wherever ``edited_map`` equals ``original_map``; the changed regions rendered in the photo's own
+        style and Poisson-blended in (:mod:`fundus_studio.photo_edit`). ``seed`` is unused by a
+        renderer with a style encoder (the photo sets the style) and seeds one without."""
+        from fundus_studio import photo_edit
+
+        return photo_edit.edit_photo(photo, original_map, edited_map,
+                                     render=lambda m: self.render(m, seed=seed, style=photo))
+
+    def warm_style(self, photo: np.ndarray) -> None:
+        """Measure a style photo's statistics now (an extraction: seconds), so its first render is quick."""
+        self._get("spade").styles.get(photo, side=max(photo.shape[:2]))
 
     def classify_grade(self, label_map: np.ndarray) -> np.ndarray | None:
         """Grade probabilities ``(NUM_GRADES,)`` of a label map, or None without a classifier."""

@@ -75,6 +75,35 @@ def test_extract_uses_the_segmenter_when_present(studio: Studio) -> None:
         assert masks[k][out == k].all()
 
 
+def test_extract_photo_offers_lesions_as_suggestions_and_is_cached(studio: Studio) -> None:
+    from skimage import data
+
+    photo = data.retina()[::4, ::4].copy()
+    got = studio.extract_photo(photo, size=SIZE)
+    assert got.photo.shape == (SIZE, SIZE, 3) and got.label_map.shape == (SIZE, SIZE)
+    assert not np.isin(got.label_map, labels.LESIONS).any()  # the U-Net's finds are not in the map ...
+    masks = studio.segment(photo, size=SIZE)
+    at_half = got.suggestions.masks(studio.model("unet").threshold)
+    assert set(at_half) == set(masks) and all(np.array_equal(at_half[k], masks[k]) for k in masks)  # ... but offered
+    assert (got.photo[got.label_map == labels.OUTSIDE] == 0).all()  # the squared photo the map belongs to
+    assert studio.extract_photo(photo.copy(), size=SIZE) is got  # cached by content: no second U-Net run
+    assert studio.lesion_probabilities(photo, size=SIZE) is got.suggestions
+
+
+def test_edit_photo_keeps_the_photo_away_from_the_change(studio: Studio) -> None:
+    from skimage import data
+
+    got = studio.extract_photo(data.retina()[::4, ::4].copy(), size=SIZE)
+    assert np.array_equal(studio.edit_photo(got.photo, got.label_map, got.label_map, seed=0), got.photo)
+    edited = got.label_map.copy()
+    edited[30:34, 40:44] = labels.HAEMORRHAGE
+    out = studio.edit_photo(got.photo, got.label_map, edited, seed=0)
+    near = np.zeros((SIZE, SIZE), bool)
+    near[30 - 16:34 + 16, 40 - 16:44 + 16] = True
+    assert np.array_equal(out[~near], got.photo[~near]) and not np.array_equal(out[near], got.photo[near])
+    assert np.array_equal(out, studio.edit_photo(got.photo, got.label_map, edited, seed=0))  # deterministic
+
+
 def test_grade_probabilities(studio: Studio) -> None:
     p = studio.classify_grade(blank_template(size=SIZE))
     assert p.shape == (labels.NUM_GRADES,) and p.sum() == pytest.approx(1.0, abs=1e-5)
