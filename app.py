@@ -71,6 +71,16 @@ MAX_STAMP_UNDO = 32  # stamps a user can take back, per tab
 STYLE_HINT = ("The first render with a new style photo takes a few seconds (its statistics are measured once, "
               "then cached).")
 VIEW_SIDE, VIEW_OVERLAY = "Side by side", "Overlay"
+# What the render shows: a photo synthesised from the whole map, or (after "Extract from photo") the photo
+# itself, with only the regions painted since synthesised and blended in (fundus_studio.photo_edit).
+MODE_SYNTH, MODE_EDIT = "Synthesise the whole photo", "Edit the photo (keep it where the map is unchanged)"
+EDIT_HINT = ("**Edit the photo**: after *Extract from photo*, the render is the photo itself; what you paint or "
+             "stamp (or erase back to retina) is rendered in the photo's own style and blended in, and the photo "
+             "stays exact 8 px beyond your changes. Download gives the edited photo and its label map.")
+SUGGEST_THRESHOLD = 0.5  # the suggestion slider's start: the segmenter's own threshold
+SUGGEST_NOTE = ("The lesion U-Net was trained on **procedural phantoms only**: on a real photo its finds are guesses. "
+                "They are outlined here as suggestions, not written into the map; move the threshold, then accept "
+                "them into the map or discard them.")
 PHANTOM_NOTE = (
     "**The shipped demo models were trained on procedural phantoms, not on photographs of eyes.** "
     "Their renders and lesion maps illustrate the method; they are not clinical images. "
@@ -268,8 +278,10 @@ def example_photo() -> str:
 @_guarded
 def start_map(source: str, grade: int, seed: float, upload: str | None, photo: str | None, nearest: bool,
               generator: str | None = None):
-    """The map a painting starts from → (editor value, base map, message)."""
+    """The map a painting starts from → (editor value, base map, message, photo to edit, render mode,
+    suggestions view, suggestions message). Only "Extract from photo" gives a photo to edit."""
     seed = _as_int(seed)
+    edit_source = None
     try:
         if source == START_SAMPLE:
             base = STUDIO.sample_labels(grade=int(grade), count=1, seed=seed, size=CANVAS_SIZE,
@@ -284,14 +296,19 @@ def start_map(source: str, grade: int, seed: float, upload: str | None, photo: s
         elif source == START_PHOTO:
             if not photo:
                 raise StudioError("choose a photo to upload first")
-            base = STUDIO.extract(read_image(photo, name=_upload_name(photo)), size=CANVAS_SIZE)
+            extracted = STUDIO.extract_photo(read_image(photo, name=_upload_name(photo)), size=CANVAS_SIZE)
+            base = extracted.label_map
+            edit_source = {"photo": extracted.photo, "map": base, "suggestions": extracted.suggestions}
+            STUDIO.warm_style(extracted.photo)  # the first edit then renders at once
         else:
             base = editor.blank_template(size=CANVAS_SIZE)
     except StudioError as err:
         message = _refused(err, "start")
         gr.Warning(message)
-        return gr.skip(), gr.skip(), f"⚠️ {message}"
-    return editor.editor_value(base), base, f"Started from: {source.lower()}."
+        return gr.skip(), gr.skip(), f"⚠️ {message}", *(gr.skip(),) * 4
+    mode = MODE_EDIT if edit_source is not None else MODE_SYNTH
+    return (editor.editor_value(base), base, f"Started from: {source.lower()}.", edit_source, mode,
+            *suggestion_view(edit_source, SUGGEST_THRESHOLD))
 
 
 @_guarded
@@ -309,7 +326,8 @@ def open_healthy():
 
 @_guarded
 def stamp(current: np.ndarray | None, base: np.ndarray | None, kind: str, size_dd: float,
-          history: list[np.ndarray], seed: float, style: str | None, view: str, opacity: float, evt: gr.SelectData):
+          history: list[np.ndarray], seed: float, style: str | None, view: str, opacity: float, evt: gr.SelectData,
+          source: dict | None = None, mode: str = MODE_SYNTH):
     """A click on the label map or the render with a lesion stamp chosen: the lesion drawn there (seeded by
     the position) → (editor value, base map, undo history, message, view, statistics, map, render).
 
@@ -329,18 +347,19 @@ def stamp(current: np.ndarray | None, base: np.ndarray | None, kind: str, size_d
     added = int((stamped != current).sum())
     return (editor.editor_value(stamped), stamped, history,
             f"Stamped a {kind.replace('_', ' ')} at ({x}, {y}): {added} px.",
-            *_rendered(stamped, seed=seed, style=style, view=view, opacity=opacity))
+            *_rendered(stamped, seed=seed, style=style, view=view, opacity=opacity, source=source, mode=mode))
 
 
 @_guarded
-def undo_stamp(history: list[np.ndarray], seed: float, style: str | None, view: str, opacity: float):
+def undo_stamp(history: list[np.ndarray], seed: float, style: str | None, view: str, opacity: float,
+               source: dict | None = None, mode: str = MODE_SYNTH):
     """Take back the last stamp (and strokes made after it) → (editor value, base map, history, message,
     view, statistics, map, render)."""
     if not history:
         return (gr.skip(),) * 3 + ("No stamp to undo.",) + (gr.skip(),) * 4
     previous = history[-1]
     return (editor.editor_value(previous), previous, history[:-1], f"Stamp undone ({len(history) - 1} left).",
-            *_rendered(previous, seed=seed, style=style, view=view, opacity=opacity))
+            *_rendered(previous, seed=seed, style=style, view=view, opacity=opacity, source=source, mode=mode))
 
 
 def stamp_size(kind: str):
@@ -350,7 +369,7 @@ def stamp_size(kind: str):
 
 @_guarded
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
-                  opacity: float):
+                  opacity: float, source: dict | None = None, mode: str = MODE_SYNTH):
     """Every finished stroke: the painted map → view, statistics, current map and its render."""
     base = healthy_map() if base is None else base
     try:
@@ -358,13 +377,25 @@ def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, styl
     except StudioError as err:
         gr.Warning(_refused(err, "paint"))
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return _rendered(index_map, seed=seed, style=style, view=view, opacity=opacity)
+    return _rendered(index_map, seed=seed, style=style, view=view, opacity=opacity, source=source, mode=mode)
 
 
-def _rendered(index_map: np.ndarray, *, seed: float, style: str | None, view: str, opacity: float):
+def _photo_of(index_map: np.ndarray, *, seed: float, style: str | None, source: dict | None, mode: str) -> np.ndarray:
+    """The picture of a map: in edit mode the extracted photo with the changes since carried in, else a render."""
+    if mode == MODE_EDIT:
+        if source is None:
+            raise StudioError("edit mode needs a photo: start from \"Extract from photo\" first")
+        if source["map"].shape == index_map.shape:
+            return STUDIO.edit_photo(source["photo"], source["map"], index_map, seed=_as_int(seed))
+        raise StudioError("this map was not extracted from the photo being edited; extract it again")
+    return STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
+
+
+def _rendered(index_map: np.ndarray, *, seed: float, style: str | None, view: str, opacity: float,
+              source: dict | None = None, mode: str = MODE_SYNTH):
     """A map → (view, statistics, the map, its render); a refused render warns and changes nothing."""
     try:
-        photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
+        photo = _photo_of(index_map, seed=seed, style=style, source=source, mode=mode)
     except StudioError as err:
         gr.Warning(_refused(err, "paint"))
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -374,22 +405,23 @@ def _rendered(index_map: np.ndarray, *, seed: float, style: str | None, view: st
 
 @_guarded
 def canvas_loaded(value: dict | None, base: np.ndarray | None, current: np.ndarray | None, seed: float,
-                  style: str | None, view: str, opacity: float):
+                  style: str | None, view: str, opacity: float, source: dict | None = None, mode: str = MODE_SYNTH):
     """The canvas replaced by a handler (start, gallery, stamp): render it, unless it shows the map rendered
     already (a stamp renders at once, without waiting for the canvas's round trip)."""
     base = healthy_map() if base is None else base
     if current is not None and np.array_equal(editor.painted_map(value, base=base), current):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return paint_changed(value, base, seed, style, view, opacity)
+    return paint_changed(value, base, seed, style, view, opacity, source, mode)
 
 
 @_guarded
-def rerender(index_map: np.ndarray | None, seed: float, style: str | None, view: str, opacity: float):
-    """A new seed or style: render the current map again → (view, render)."""
+def rerender(index_map: np.ndarray | None, seed: float, style: str | None, view: str, opacity: float,
+             source: dict | None = None, mode: str = MODE_SYNTH):
+    """A new seed, style or render mode: render the current map again → (view, render)."""
     if index_map is None:
         return gr.skip(), gr.skip()
     try:
-        photo = STUDIO.render(index_map, seed=_as_int(seed), style=_style(style))
+        photo = _photo_of(index_map, seed=seed, style=style, source=source, mode=mode)
     except StudioError as err:
         gr.Warning(_refused(err, "rerender"))
         return gr.skip(), gr.skip()
@@ -405,14 +437,61 @@ def reshow(index_map: np.ndarray | None, photo: np.ndarray | None, view: str, op
 
 
 @_guarded
-def downloads(index_map: np.ndarray | None, photo: np.ndarray | None):
-    """The current map (palette PNG) and the render the user sees."""
+def downloads(index_map: np.ndarray | None, photo: np.ndarray | None, mode: str = MODE_SYNTH):
+    """The current map (palette PNG) and the render the user sees (in edit mode: the edited photo)."""
     if index_map is None or photo is None:
         gr.Warning("paint or load a map first")
         return gr.skip()
     folder = _fresh_folder("download-")
+    name = "edited_photo.png" if mode == MODE_EDIT else "render.png"
     return [str(write_download(folder / "label.png", index_map=index_map)),
-            str(write_download(folder / "render.png", photo=photo))]
+            str(write_download(folder / name, photo=photo))]
+
+
+# --- lesion suggestions ----------------------------------------------------------------------------
+
+
+def suggestion_view(source: dict | None, threshold: float):
+    """The U-Net's suggestions at ``threshold`` outlined on the photo → (image update, message). No network
+    runs: the probabilities were computed once, at extraction."""
+    from fundus_studio.suggestions import outline
+
+    if source is None or source.get("suggestions") is None:
+        note = "" if source is None else "No lesion suggestions (no `unet` checkpoint, or discarded)."
+        return gr.Image(value=None, visible=False), note
+    suggestions = source["suggestions"]
+    masks = suggestions.masks(float(threshold))
+    spots = suggestions.spots(float(threshold))
+    found = ", ".join(f"{n} {labels.NAMES[k]}" for k, n in spots.items() if n) or "none"
+    text = f"Suggested at p ≥ {float(threshold):.2f}: {found}. {SUGGEST_NOTE}"
+    return gr.Image(value=_png(outline(source["photo"], masks), "suggestions"), visible=True), text
+
+
+@_guarded
+def accept_suggestions(source: dict | None, threshold: float, current: np.ndarray | None, seed: float,
+                       style: str | None, view: str, opacity: float, mode: str):
+    """Paint the suggestions at ``threshold`` into the map (and into the photo's own map: the photo shows them
+    already, so editing keeps them as they are) → (editor value, base map, photo to edit, suggestions image,
+    message, view, statistics, map, render)."""
+    from fundus_studio.suggestions import accept
+
+    if source is None or source.get("suggestions") is None or current is None:
+        return (*(gr.skip(),) * 4, "No suggestions to accept.", *(gr.skip(),) * 4)
+    masks = source["suggestions"].masks(float(threshold))
+    painted = accept(current, masks)
+    source = {**source, "map": accept(source["map"], masks), "suggestions": None}
+    image, _ = suggestion_view(source, threshold)
+    return (editor.editor_value(painted), painted, source, image,
+            f"Accepted {int((painted != current).sum())} px of suggested lesions into the map.",
+            *_rendered(painted, seed=seed, style=style, view=view, opacity=opacity, source=source, mode=mode))
+
+
+def discard_suggestions(source: dict | None):
+    """Drop the suggestions → (photo to edit, suggestions image, message)."""
+    if source is None:
+        return gr.skip(), gr.skip(), "No suggestions to discard."
+    source = {**source, "suggestions": None}
+    return source, gr.Image(value=None, visible=False), "Suggestions discarded; the map is as extracted."
 
 
 @_guarded
@@ -470,9 +549,9 @@ def set_kept(items: list[GalleryItem], selected: int | None, kept: bool):
 def open_in_paint(items: list[GalleryItem], selected: int | None):
     if selected is None or selected >= len(items):
         gr.Warning("select a sample in the gallery first")
-        return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     base = items[selected].label
-    return editor.editor_value(base), base, gr.Tabs(selected="paint")
+    return editor.editor_value(base), base, gr.Tabs(selected="paint"), None, MODE_SYNTH
 
 
 # --- Export -------------------------------------------------------------------------------------
@@ -544,6 +623,28 @@ def api_extract(photo: str) -> str:
                 "label")
 
 
+@_guarded
+def api_photo_map(photo: str) -> str:
+    """/photo_map(photo: image file) -> the label map to edit the photo through (field of view, disc, vessels;
+    the U-Net's lesions are left out: they are suggestions, see the Paint tab), taxonomy colours."""
+    if not photo:
+        raise StudioError("send a photo file")
+    extracted = STUDIO.extract_photo(read_image(photo, name=_upload_name(photo)), size=CANVAS_SIZE)
+    return _png(labels.to_color(extracted.label_map), "label")
+
+
+@_guarded
+def api_edit_photo(photo: str, label_map: str, seed: float) -> str:
+    """/edit_photo(photo: image file, label_map: the /photo_map map with lesions painted or erased, seed) ->
+    the photo squared to the canvas, kept where the map is unchanged, the changes rendered in its style."""
+    if not photo or not label_map:
+        raise StudioError("send a photo file and its edited label map")
+    extracted = STUDIO.extract_photo(read_image(photo, name=_upload_name(photo)), size=CANVAS_SIZE)
+    edited = editor.uploaded_map(read_label_map(label_map, name=_upload_name(label_map)), size=CANVAS_SIZE,
+                                 nearest=False)
+    return _png(STUDIO.edit_photo(extracted.photo, extracted.label_map, edited, seed=_as_int(seed)), "edited")
+
+
 # --- layout -------------------------------------------------------------------------------------
 
 
@@ -560,6 +661,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Paint", id="paint"):
                 base = gr.State(None)
+                edit_src = gr.State(None)  # after "Extract from photo": {photo, its map, lesion suggestions}
                 current = gr.State(None)  # the painted map ...
                 photo_now = gr.State(None)  # ... and its render, as shown
                 stamps = gr.State([])  # maps before each stamp, for "Undo stamp"
@@ -594,6 +696,15 @@ def build_demo() -> gr.Blocks:
                                                         elem_id="example-photo")
                             load_btn = gr.Button("Load", elem_id="load")
                             start_msg = gr.Markdown(elem_id="start-msg")
+                        with gr.Accordion("Lesion suggestions (photo extraction)", open=True):
+                            suggest_img = gr.Image(label="Suggested lesions, outlined on the photo", format="png",
+                                                   interactive=False, visible=False, elem_id="suggestions")
+                            suggest_threshold = gr.Slider(0.05, 0.95, value=SUGGEST_THRESHOLD, step=0.05,
+                                                          label="Confidence threshold", elem_id="suggest-threshold")
+                            suggest_msg = gr.Markdown(elem_id="suggest-msg")
+                            with gr.Row():
+                                accept_btn = gr.Button("Accept suggestions", size="sm", elem_id="accept-suggestions")
+                                discard_btn = gr.Button("Discard suggestions", size="sm", elem_id="discard-suggestions")
                     with gr.Column(scale=2):
                         shown = gr.Image(label="Label map | render (with a stamp chosen, click to place it)",
                                          format="png", interactive=False, elem_id="render")
@@ -605,6 +716,9 @@ def build_demo() -> gr.Blocks:
                                                  step=0.01, elem_id="stamp-size")
                             undo_btn = gr.Button("Undo stamp", size="sm", elem_id="undo-stamp")
                         stamp_msg = gr.Markdown(elem_id="stamp-msg")
+                        render_mode = gr.Radio([MODE_SYNTH, MODE_EDIT], value=MODE_SYNTH, label="Render",
+                                               elem_id="render-mode")
+                        gr.Markdown(EDIT_HINT)
                         with gr.Row():
                             view = gr.Radio([VIEW_SIDE, VIEW_OVERLAY], value=VIEW_SIDE, label="View")
                             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
@@ -653,23 +767,31 @@ def build_demo() -> gr.Blocks:
                 models_md = gr.Markdown(STUDIO.describe())
 
         # Paint
+        started = [canvas, base, start_msg, edit_src, render_mode, suggest_img, suggest_msg]
         load_btn.click(start_map, [source, start_grade, start_seed, upload, photo, nearest, p_generator],
-                       [canvas, base, start_msg], api_name="start")
+                       started, api_name="start")
         example_btn.click(lambda: (example_photo(), START_PHOTO), None, [photo, source], api_visibility="private").then(
-            start_map, [source, start_grade, start_seed, upload, photo, nearest, p_generator], [canvas, base, start_msg],
+            start_map, [source, start_grade, start_seed, upload, photo, nearest, p_generator], started,
             api_visibility="private")
         rendered = [shown, stats, current, photo_now]
-        shown.select(stamp, [current, base, stamp_kind, stamp_dd, stamps, seed, style, view, opacity],
+        editing = [edit_src, render_mode]  # every render reads them: in edit mode the photo is edited, not drawn
+        shown.select(stamp, [current, base, stamp_kind, stamp_dd, stamps, seed, style, view, opacity, *editing],
                      [canvas, base, stamps, stamp_msg, *rendered], api_visibility="private")
         stamp_kind.change(stamp_size, stamp_kind, stamp_dd, api_visibility="private")
-        undo_btn.click(undo_stamp, [stamps, seed, style, view, opacity], [canvas, base, stamps, stamp_msg, *rendered],
-                       api_visibility="private")
+        undo_btn.click(undo_stamp, [stamps, seed, style, view, opacity, *editing],
+                       [canvas, base, stamps, stamp_msg, *rendered], api_visibility="private")
+        suggest_threshold.change(suggestion_view, [edit_src, suggest_threshold], [suggest_img, suggest_msg],
+                                 api_visibility="private")
+        accept_btn.click(accept_suggestions, [edit_src, suggest_threshold, current, seed, style, view, opacity,
+                                              render_mode],
+                         [canvas, base, edit_src, suggest_img, suggest_msg, *rendered], api_visibility="private")
+        discard_btn.click(discard_suggestions, edit_src, [edit_src, suggest_img, suggest_msg], api_visibility="private")
         # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
         # Only the latest canvas state is rendered when strokes arrive faster than renders.
-        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity], [shown, stats, current, photo_now],
-                     api_name="paint", trigger_mode="always_last")
+        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity, *editing],
+                     [shown, stats, current, photo_now], api_name="paint", trigger_mode="always_last")
         # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
-        canvas.change(canvas_loaded, [canvas, base, current, seed, style, view, opacity],
+        canvas.change(canvas_loaded, [canvas, base, current, seed, style, view, opacity, *editing],
                       [shown, stats, current, photo_now], api_visibility="private", trigger_mode="always_last")
         # Paint opens on a healthy retina; setting the canvas renders it (canvas.change above).
         demo.load(open_healthy, None, [canvas, base, start_msg], api_visibility="private")
@@ -677,11 +799,14 @@ def build_demo() -> gr.Blocks:
         demo.load(lambda: tuple(generator_dropdown() for _ in range(3)), None, [p_generator, g_generator, e_generator],
                   api_visibility="private")
         for control in (seed, style):
-            control.change(rerender, [current, seed, style, view, opacity], [shown, photo_now],
+            control.change(rerender, [current, seed, style, view, opacity, *editing], [shown, photo_now],
                            api_visibility="private")
+        # `.input`: a start from a photo sets the mode itself, and the loaded map renders through the canvas.
+        render_mode.input(rerender, [current, seed, style, view, opacity, *editing], [shown, photo_now],
+                          api_visibility="private")
         for control in (view, opacity):
             control.change(reshow, [current, photo_now, view, opacity], shown, api_visibility="private")
-        dl_btn.click(downloads, [current, photo_now], files, api_visibility="private")
+        dl_btn.click(downloads, [current, photo_now, render_mode], files, api_visibility="private")
         keep_btn.click(keep_painting, [current, photo_now, source, start_grade, seed, items], [items, keep_msg],
                        api_visibility="private")
         # Gallery
@@ -693,7 +818,8 @@ def build_demo() -> gr.Blocks:
             gallery_view, [items, g_filter], [gallery, g_shown])
         discard.click(lambda it, s: set_kept(it, s, False), [items, g_selected], items,
                       api_visibility="private").then(gallery_view, [items, g_filter], [gallery, g_shown])
-        to_paint.click(open_in_paint, [items, g_selected], [canvas, base, tabs], api_visibility="private")
+        to_paint.click(open_in_paint, [items, g_selected], [canvas, base, tabs, edit_src, render_mode],
+                       api_visibility="private")
         # Export
         e_btn.click(export, [e_what, e_count, e_seed, items, e_generator, e_layout], [e_file, e_msg], api_name="export")
 
@@ -713,6 +839,8 @@ def build_demo() -> gr.Blocks:
         a_btn.click(api_render, [a_map, a_seed, a_style], a_out, api_name="render")
         a_btn.click(api_sample, [a_grade, a_count, a_seed, a_generator], a_gallery, api_name="sample")
         a_btn.click(api_extract, [a_map], a_out, api_name="extract")
+        a_btn.click(api_photo_map, [a_map], a_out, api_name="photo_map")
+        a_btn.click(api_edit_photo, [a_style, a_map, a_seed], a_out, api_name="edit_photo")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     return demo
 

@@ -91,6 +91,14 @@ def lesion_probabilities(segmenter: Any, photo: np.ndarray, fov: np.ndarray) -> 
     return out
 
 
+def segmenter_thresholds(segmenter: Any) -> dict[int, float]:
+    """``{class index: threshold}`` of a ``pipeline.Segmenter`` (one per class, or one for all)."""
+    per_class = getattr(segmenter, "thresholds", None)
+    if per_class is None:
+        per_class = (segmenter.threshold,) * len(segmenter.classes)
+    return {int(k): float(t) for k, t in zip(segmenter.classes, per_class)}
+
+
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
 
 
@@ -260,10 +268,11 @@ class Studio:
         if self.has("unet"):
             segmenter = self._get("unet")
             suggestions = LesionSuggestions(lesion_probabilities(segmenter, pre.photo, pre.fov))
-            # The vessel search skips what the U-Net would call a lesion, as extract() does.
+            # The vessel search skips what the U-Net would call a lesion at its own thresholds, as extract() does.
             exclude = np.zeros(pre.fov.shape, bool)
-            for mask in suggestions.masks(segmenter.threshold).values():
-                exclude |= mask
+            for k, t in segmenter_thresholds(segmenter).items():
+                if k in suggestions.probabilities:
+                    exclude |= suggestions.probabilities[k] >= t
         label_map = label_map_from_preprocessed(pre.photo, pre.fov, exclude=exclude)
         return ExtractedPhoto(photo=pre.photo, label_map=label_map, suggestions=suggestions)
 

@@ -64,33 +64,36 @@ def test_start_from_upload_with_unknown_colours_warns_and_keeps_the_session(app,
     col = labels.to_color(_painted_map())
     col[10:40, 10:40] = (90, 200, 120)
     path = save_png(tmp_path / "odd.png", col)
-    value, base, msg = app.start_map(app.START_UPLOAD, 0, 0, str(path), None, False)
+    value, base, msg, *_ = app.start_map(app.START_UPLOAD, 0, 0, str(path), None, False)
     assert "outside the label palette" in msg
-    value, base, msg = app.start_map(app.START_UPLOAD, 0, 0, str(path), None, True)  # nearest-colour mapping
+    value, base, msg, *_ = app.start_map(app.START_UPLOAD, 0, 0, str(path), None, True)  # nearest-colour mapping
     assert base.shape == (SIZE, SIZE) and msg.startswith("Started")
 
 
 def test_start_from_non_image_warns(app, tmp_path) -> None:
     (tmp_path / "notes.png").write_text("hello")
-    _, _, msg = app.start_map(app.START_UPLOAD, 0, 0, str(tmp_path / "notes.png"), None, False)
+    _, _, msg, *_ = app.start_map(app.START_UPLOAD, 0, 0, str(tmp_path / "notes.png"), None, False)
     assert "not an image file" in msg
-    _, _, msg = app.start_map(app.START_PHOTO, 0, 0, None, None, False)
+    _, _, msg, *_ = app.start_map(app.START_PHOTO, 0, 0, None, None, False)
     assert "choose a photo" in msg
 
 
 def test_start_from_photo_and_sample(app) -> None:
-    value, base, _ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False)
+    value, base, *_ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False)
     assert base.shape == (SIZE, SIZE) and value["background"].shape == (SIZE, SIZE, 4)
-    _, acgan, _ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False, "acgan")
+    _, acgan, *_ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False, "acgan")
     assert np.array_equal(acgan, app.STUDIO.sample_labels(grade=4, count=1, seed=3, size=SIZE, generator="acgan")[0])
-    _, _, msg = app.start_map(app.START_SAMPLE, 4, 3, None, None, False, "gan9000")
+    _, _, msg, *_ = app.start_map(app.START_SAMPLE, 4, 3, None, None, False, "gan9000")
     assert "unknown generator 'gan9000'" in msg
-    _, phantom, _ = app.start_map(app.START_PHANTOM, 0, 5, None, None, False)
+    _, phantom, *_ = app.start_map(app.START_PHANTOM, 0, 5, None, None, False)
     assert (phantom == labels.OPTIC_DISC).any() and (phantom == labels.VESSEL).sum() > 0.02 * SIZE * SIZE
     assert not np.isin(phantom, labels.LESIONS).any()  # a healthy eye
-    _, photo, msg = app.start_map(app.START_PHOTO, 0, 0, None, app.example_photo(), False)
+    _, photo, msg, source, mode, _, _ = app.start_map(app.START_PHOTO, 0, 0, None, app.example_photo(), False)
     assert msg.startswith("Started") and photo[0, 0] == labels.OUTSIDE  # the bundled CC0 example photo ...
-    assert (photo != labels.OUTSIDE).mean() > 0.5  # ... is a field of view (the tiny U-Net's lesions are noise)
+    assert (photo != labels.OUTSIDE).mean() > 0.5  # ... is a field of view
+    assert not np.isin(photo, labels.LESIONS).any()  # the U-Net's finds are suggestions, not in the map
+    assert mode == app.MODE_EDIT and np.array_equal(source["map"], photo) and source["photo"].shape == (SIZE, SIZE, 3)
+    assert app.start_map(app.START_PHANTOM, 0, 5, None, None, False)[3:5] == (None, app.MODE_SYNTH)
 
 
 # --- generators, the healthy start, stamps -----------------------------------------------------------
@@ -153,6 +156,50 @@ def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
     skipped = app.stamp(painted, base, app.STAMP_OFF, 0.5, [], *show, _click(90, 64))  # no stamp: painting only
     assert len(skipped) == 8 and all(r == gr.skip() for r in skipped)
     assert app.stamp_size("microaneurysm") == app.editor.STAMP_SIZES_DD["microaneurysm"]
+
+
+def _far_from(changed: np.ndarray, px: int = 16) -> np.ndarray:
+    import cv2
+
+    return ~cv2.dilate(changed.astype(np.uint8), np.ones((2 * px + 1,) * 2, np.uint8)).astype(bool)
+
+
+def test_edit_mode_keeps_the_photo_and_carries_in_a_stamp(app) -> None:
+    import gradio as gr
+
+    _, base, _, source, mode, _, _ = app.start_map(app.START_PHOTO, 0, 0, None, app.example_photo(), False)
+    show = (0, None, app.VIEW_SIDE, 0.5)
+    shown, _, current, photo = app.paint_changed(app.editor.editor_value(base), base, *show, source, mode)
+    assert np.array_equal(photo, source["photo"])  # nothing painted: the photo itself
+    assert np.array_equal(_pixels(shown)[:, SIZE:], source["photo"])
+    out = app.stamp(current, base, "blot_haemorrhage", 0.5, [], *show, _click(SIZE // 2, SIZE // 2), source, mode)
+    stamped, edited = out[1], out[7]
+    far = _far_from(stamped != base)
+    assert np.array_equal(edited[far], source["photo"][far]) and not np.array_equal(edited, source["photo"])
+    label_file, photo_file = app.downloads(stamped, edited, app.MODE_EDIT)
+    assert Path(photo_file).name == "edited_photo.png" and np.array_equal(_pixels(photo_file), edited)
+    assert np.array_equal(app.read_label_map(label_file), stamped)
+    # Edit mode without a photo says why and changes nothing.
+    assert app.paint_changed(app.editor.editor_value(base), base, *show, None, app.MODE_EDIT) == (gr.skip(),) * 4
+
+
+def test_suggestions_follow_the_threshold_and_are_accepted_or_discarded(app) -> None:
+    _, base, _, source, mode, image, msg = app.start_map(app.START_PHOTO, 0, 0, None, app.example_photo(), False)
+    assert "procedural phantoms only" in msg and image.visible
+    probs = source["suggestions"].probabilities
+    low, high = 0.05, 0.95
+    count = {t: sum(int((p >= t).sum()) for p in probs.values()) for t in (low, high)}
+    assert count[low] > count[high]  # the tiny U-Net is untrained: plenty of guesses at a low threshold
+    _, msg_low = app.suggestion_view(source, low)
+    assert msg_low.startswith("Suggested at p ≥ 0.05")
+    show = (0, None, app.VIEW_SIDE, 0.5)
+    value, painted, new_source, image, msg, _, _, current, photo = app.accept_suggestions(
+        source, low, base, *show, mode)
+    assert int((painted != base).sum()) == int(np.isin(painted, labels.LESIONS).sum()) > 0
+    assert np.array_equal(new_source["map"], painted) and new_source["suggestions"] is None and not image.visible
+    assert np.array_equal(photo, source["photo"])  # accepted lesions describe the photo: it stays as it is
+    kept, image, msg = app.discard_suggestions(source)
+    assert kept["suggestions"] is None and np.array_equal(kept["map"], source["map"]) and "discarded" in msg
 
 
 def test_grade_panel_shows_every_probability_and_what_the_classifier_learnt(app) -> None:
@@ -256,6 +303,25 @@ def test_api_sample_and_extract(client, tmp_path) -> None:
     out = np.asarray(Image.open(client.predict(handle_file(str(photo)), api_name="/extract")).convert("RGB"))
     assert out.shape == (SIZE, SIZE, 3)
     assert labels.from_color(out)[0, 0] == labels.OUTSIDE
+
+
+def test_api_edit_a_photo_through_its_map(client, tmp_path) -> None:
+    from gradio_client import handle_file
+    from skimage import data
+
+    photo = save_png(tmp_path / "photo.png", data.retina()[::4, ::4].copy())
+    colours = _pixels(client.predict(handle_file(str(photo)), api_name="/photo_map"))
+    index_map = labels.from_color(colours)
+    assert not np.isin(index_map, labels.LESIONS).any()
+    unchanged = _pixels(client.predict(handle_file(str(photo)), handle_file(str(save_label_png(
+        tmp_path / "same.png", index_map))), 0, api_name="/edit_photo"))
+    edited_map = index_map.copy()
+    edited_map[60:66, 60:66] = labels.HAEMORRHAGE
+    edited = _pixels(client.predict(handle_file(str(photo)), handle_file(str(save_label_png(
+        tmp_path / "edited.png", edited_map))), 0, api_name="/edit_photo"))
+    far = _far_from(edited_map != index_map)
+    assert edited.shape == (SIZE, SIZE, 3) and np.array_equal(edited[far], unchanged[far])
+    assert not np.array_equal(edited, unchanged)
 
 
 def test_api_export_zip_is_a_studio_dataset(client, tmp_path) -> None:
