@@ -9,7 +9,16 @@ negative : positive pixel ratio in the training set, clipped to ``pos_weight_max
 Augmentation acts on whole batches: the square's 8 symmetries (flips and 90° rotations), small
 rotations (photo bilinear, masks nearest) and colour jitter on photos only. ``--synthetic-fraction``
 is the synthetic share of the training set, as in the paper: 25 % → n_synthetic = n_real / 3, drawn
-from the pool by the run seed. Re-running resumes; ``--steps`` is the total.
+from the pool by the run seed (several ``--synthetic`` pools share the count evenly;
+``share_counting=paper`` counts it as Son et al.'s rows did instead, see :func:`synthetic_count`).
+
+The operating point: BCE's positive weight shifts the sigmoid (at weight w, 0.5 is a calibrated
+probability of 1 / (1 + w)), so a fixed 0.5 over-predicts, by how much depending on the training mix.
+At export each class's threshold is chosen on the run's own validation split of real images (the
+F1-maximising one, pooled over pixels; :func:`choose_thresholds`) and recorded in the checkpoint's
+``data.thresholds``, which ``pipeline.Segmenter`` and ``training.evaluate_segmentation`` use. Too
+few validation lesions to choose from: 0.5, said so in ``data.operating_point``. Re-running resumes;
+``--steps`` is the total.
 """
 
 from __future__ import annotations
@@ -29,12 +38,21 @@ import torch.nn.functional as F
 from fundus_studio import labels
 from fundus_studio.checkpoint import config_to_dict
 from fundus_studio.errors import DatasetError
-from fundus_studio.metrics import SegmentationMetrics
+from fundus_studio.metrics import SegmentationMetrics, score_histograms
 from fundus_studio.models.unet import UNET_PRESETS, UNet, UNetConfig
 from training import harness
 from training.evaluate_segmentation import score_batch
 from training.harness.data import DOWNSAMPLE_MODES
 
+SHARE_COUNTINGS: tuple[str, ...] = ("training-set", "paper")  # how a synthetic share becomes a count
+# Son et al.'s synthetic counts per share row (246 / 738 / 2214 = 738 · f / (1 − f): the training-set
+# counting on a real set of 738 units), and the real set our "paper" counting reads them against:
+# IDRiD's 54 training images with hard-exudate masks (docs/segmentation.md, "Counting the share").
+PAPER_SYNTHETIC: dict[float, int] = {0.25: 246, 0.5: 738, 0.75: 2214}
+PAPER_REAL: int = 54
+VAL_SPLITS: tuple[str, ...] = ("hash", "grade")  # how real samples are held out for validation
+DEFAULT_THRESHOLD: float = 0.5  # used where no threshold could be chosen (and by older checkpoints)
+THRESHOLD_BINS: int = 100  # candidate thresholds k / 100, k = 1 … 99 (finer would fit the few val images' noise)
 DICE_SMOOTH: float = 1.0  # pixels added to the soft Dice's numerator and denominator (an absent class scores 1)
 LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)  # RGB → grey (ITU-R BT.601), for saturation/contrast
 
@@ -70,10 +88,16 @@ class TrainConfig:
     resolution: int = 256  # side the data is loaded at: photos area-resized, maps by `downsample`
     crop: int = 0  # train on random crop × crop windows of it (0 = whole images); validation uses whole images
     downsample: str = "area"  # how maps reach `resolution` (harness.resize_index_map)
-    synthetic: Path | None = None  # pool of synthetic pairs (a studio dataset)
+    synthetic: tuple[Path, ...] = ()  # pools of synthetic pairs (studio datasets); they share the count evenly
     synthetic_fraction: float = 0.0  # synthetic share of the training set (Son et al.: 0, .25, .5, .75)
+    share_counting: str = "training-set"  # training-set: F = n_syn / (n_real + n_syn); paper: Son et al.'s rows
+    paper_real: int = PAPER_REAL  # paper counting: n_syn = n_real · PAPER_SYNTHETIC[F] / paper_real
     val_fraction: float = 0.0  # share of the real samples held out and scored every val_every steps
+    val_split: str = "hash"  # hash: by a hash of (seed, id), stable as data grows; grade: seeded, stratified by grade
     val_every: int = 250  # steps between validations (and at the end)
+    choose_threshold: bool = True  # at export, per-class threshold maximising pooled F1 on the validation split
+    threshold_min_positive: int = 100  # fewer validation lesion pixels of a class than this: keep 0.5
+    threshold_min_images: int = 2  # fewer validation images holding the class than this: keep 0.5
     batch: int = 8  # images per rank per step
     lr: float = 1e-3  # AdamW learning rate (constant)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
@@ -106,10 +130,21 @@ class TrainConfig:
             raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {self.downsample!r}")
         if not 0.0 <= self.synthetic_fraction < 1.0:
             raise ValueError(f"synthetic_fraction must lie in [0, 1), got {self.synthetic_fraction}")
-        if self.synthetic_fraction > 0 and self.synthetic is None:
+        if self.synthetic_fraction > 0 and not self.synthetic:
             raise ValueError("synthetic_fraction > 0 needs a synthetic dataset (--synthetic DIR)")
+        if self.share_counting not in SHARE_COUNTINGS:
+            raise ValueError(f"share_counting must be one of {SHARE_COUNTINGS}, got {self.share_counting!r}")
+        if self.share_counting == "paper" and self.synthetic_fraction not in (0.0, *PAPER_SYNTHETIC):
+            raise ValueError(f"share_counting=paper knows the paper's rows {sorted(PAPER_SYNTHETIC)} only, got "
+                             f"synthetic_fraction {self.synthetic_fraction}")
+        if self.paper_real < 1:
+            raise ValueError(f"paper_real must be positive, got {self.paper_real}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.val_split not in VAL_SPLITS:
+            raise ValueError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
+        if self.threshold_min_positive < 1 or self.threshold_min_images < 1:
+            raise ValueError("threshold_min_positive and threshold_min_images must be positive")
         if (self.lr <= 0 or self.weight_decay < 0 or min(self.dice_weight, self.bce_weight) < 0
                 or self.pos_weight_max < 1):
             raise ValueError("lr must be positive, weight_decay and loss weights ≥ 0, pos_weight_max ≥ 1")
@@ -149,7 +184,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--data", type=Path, action="append", required=True, help="real studio dataset (repeatable)")
     parser.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                         help="taxonomy classes to segment, names or short names (default: every lesion class)")
-    parser.add_argument("--synthetic", type=Path, default=None, help="studio dataset of synthetic pairs (the pool)")
+    parser.add_argument("--synthetic", type=Path, action="append", default=None,
+                        help="studio dataset of synthetic pairs (a pool; repeatable: the pools share the count)")
     parser.add_argument("--synthetic-fraction", type=float, default=None, help="synthetic share of the training set")
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="share of real samples held out for validation")
@@ -171,22 +207,56 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 # --- data -----------------------------------------------------------------------------------------
 
 
-def synthetic_count(n_real: int, fraction: float) -> int:
-    """Synthetic samples that make ``fraction`` of a training set holding ``n_real`` real ones:
-    f = s / (r + s), so s = r·f / (1 − f) (25 % → r / 3, 50 % → r, 75 % → 3 r), rounded."""
+def synthetic_count(n_real: int, fraction: float, *, counting: str = "training-set",
+                    paper_real: int = PAPER_REAL) -> int:
+    """Synthetic samples added to ``n_real`` real ones for the share row ``fraction``, rounded.
+
+    ``training-set``: the share of the training set, f = s / (r + s), so s = r·f / (1 − f)
+    (25 % → r / 3, 50 % → r, 75 % → 3 r). ``paper``: Son et al.'s rows added 246 / 738 / 2214
+    synthetic images (:data:`PAPER_SYNTHETIC`) to a real set of ``paper_real`` images, so
+    s = r · PAPER_SYNTHETIC[f] / paper_real (with 54: 4.6 r, 13.7 r, 41 r).
+    """
+    if fraction == 0:
+        return 0
+    if counting == "paper":
+        return round(n_real * PAPER_SYNTHETIC[fraction] / paper_real)
     return round(n_real * fraction / (1.0 - fraction))
 
 
-def choose_synthetic(pool: int, *, n_real: int, fraction: float, seed: int,
-                     where: str = "synthetic pool") -> np.ndarray:
-    """Sorted indices of the synthetic samples a run uses: the first ``synthetic_count`` of a seeded
-    permutation of the pool (so for one seed a smaller share is a subset of a larger one)."""
-    n = synthetic_count(n_real, fraction)
-    if n > pool:
-        raise DatasetError(f"{where}: a synthetic share of {fraction:g} with {n_real} real samples needs {n} "
-                           f"synthetic samples, but the pool holds {pool}")
+def split_count(n: int, parts: int) -> list[int]:
+    """``n`` shared by ``parts`` pools as evenly as possible (the first ones take the remainder)."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def choose_synthetic(pool: int, *, count: int, seed: int, where: str = "synthetic pool") -> np.ndarray:
+    """Sorted indices of the ``count`` synthetic samples a run takes from a pool of ``pool``: the
+    first ``count`` of a seeded permutation (so for one seed a smaller share is a subset of a larger one)."""
+    if count > pool:
+        raise DatasetError(f"{where}: the synthetic share needs {count} synthetic samples, but the pool holds {pool}")
     perm = torch.randperm(pool, generator=torch.Generator().manual_seed(seed)).numpy()
-    return np.sort(perm[:n])
+    return np.sort(perm[:count])
+
+
+def val_count(n: int, fraction: float) -> int:
+    """Real samples the ``grade`` split holds out of ``n``."""
+    return round(n * fraction)
+
+
+def holdout_by_grade(grades: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, held-out) indices: :func:`val_count` samples held out, spread over the grades
+    (``-1`` = ungraded is a group too) in proportion to their sizes by largest remainder, each
+    group's picks the first of a seeded permutation. For small sets, where a hash split's size and
+    mix vary from seed to seed."""
+    grades = np.asarray(grades)
+    groups = [np.flatnonzero(grades == g) for g in np.unique(grades)]
+    want = val_count(len(grades), fraction)
+    quota = np.array([fraction * len(g) for g in groups])
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: want - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    held = np.concatenate([g[rng.permutation(len(g))[:k]] for g, k in zip(groups, take)] or [np.zeros(0, int)])
+    return np.setdiff1d(np.arange(len(grades)), held), np.sort(held)
 
 
 def concat(parts: list[harness.Pairs]) -> harness.Pairs:
@@ -302,6 +372,82 @@ def validate(model: UNet, pairs: harness.Pairs, *, batch: int, device: torch.dev
     return metrics.compute()
 
 
+def choose_thresholds(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the threshold k / bins (k = 1 … bins − 1) with the highest pooled F1, and that F1.
+
+    ``pos``, ``neg``: ``(K, bins)`` counts of lesion / non-lesion validation pixels per score bin
+    (``metrics.score_histograms``), so "score ≥ k / bins" is "bin ≥ k". Ties go to the threshold
+    nearest 0.5; a class with no true positive at any threshold gets 0.5 and F1 0.
+    """
+    bins = pos.shape[-1]
+    tp = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (K, bins − 1): pixels ≥ k / bins, k = 1 …
+    fp = np.cumsum(neg[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    fn = pos.sum(1, keepdims=True) - tp
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(tp.shape), where=(2 * tp + fp + fn) > 0)
+    candidates = np.arange(1, bins) / bins
+    best = np.isclose(f1, f1.max(1, keepdims=True), rtol=0, atol=1e-12) & (f1 > 0)
+    distance = np.where(best, np.abs(candidates - DEFAULT_THRESHOLD), np.inf)
+    pick = distance.argmin(1)
+    chosen = np.where(best.any(1), candidates[pick], DEFAULT_THRESHOLD)
+    return chosen, np.where(best.any(1), f1[np.arange(len(f1)), pick], 0.0)
+
+
+def _pooled_f1(pos: np.ndarray, neg: np.ndarray, threshold: float) -> float:
+    k = int(round(threshold * pos.shape[-1]))
+    tp, fp = pos[k:].sum(), neg[k:].sum()
+    den = tp + pos.sum() + fp  # 2 TP + FP + FN
+    return float(2 * tp / den) if den else float("nan")
+
+
+@torch.no_grad()
+def operating_point(model: UNet, val: harness.Pairs | None, *, cfg: TrainConfig, device: torch.device
+                    ) -> dict[str, Any]:
+    """Each class's threshold from the validation split (real images only), or 0.5 with the reason.
+
+    The choice is pooled over the split's pixels inside the field of view: per-image F1 on ten
+    images would swing with one image. Never sees a test set: ``val`` is the run's own hold-out.
+    """
+    names = [labels.NAMES[c] for c in model.config.classes]
+    k = len(names)
+    pos, neg = np.zeros((k, THRESHOLD_BINS), np.int64), np.zeros((k, THRESHOLD_BINS), np.int64)
+    present = np.zeros(k, np.int64)
+    if val is not None and cfg.choose_threshold:
+        model.eval()
+        classes = torch.tensor(model.config.classes, device=device)
+        for start in range(0, len(val), cfg.batch):
+            photo, masks, maps = batch_tensors(val, torch.arange(start, min(start + cfg.batch, len(val))),
+                                               classes=classes, device=device)
+            probs = torch.sigmoid(model(photo).float()).cpu().numpy()
+            truth, fov = masks.cpu().numpy() > 0.5, (maps != labels.OUTSIDE).cpu().numpy()
+            present += truth.any((2, 3)).sum(0)
+            for c in range(k):
+                p, n = score_histograms(probs[:, c][fov], truth[:, c][fov], bins=THRESHOLD_BINS)
+                pos[c] += p
+                neg[c] += n
+        model.train()
+    chosen, best_f1 = choose_thresholds(pos, neg)
+    out: dict[str, Any] = {
+        "rule": f"per class, the threshold k/{THRESHOLD_BINS} maximising F1 pooled over the validation split's "
+                "field of view (real images only); 0.5 where the split is too small to choose from",
+        "val_images": 0 if val is None else len(val), "thresholds": {}, "source": {}, "val_positive_pixels": {},
+        "val_images_with_class": {}, "val_f1_pooled": {}, "val_f1_pooled_at_0.5": {}}
+    for c, name in enumerate(names):
+        reason = ("choose_threshold is off" if not cfg.choose_threshold else
+                  "no validation split (val_fraction 0)" if val is None else
+                  f"{pos[c].sum()} validation lesion pixels < {cfg.threshold_min_positive}"
+                  if pos[c].sum() < cfg.threshold_min_positive else
+                  f"{present[c]} validation images hold the class < {cfg.threshold_min_images}"
+                  if present[c] < cfg.threshold_min_images else None)
+        use = DEFAULT_THRESHOLD if reason else float(chosen[c])
+        out["thresholds"][name] = use
+        out["source"][name] = "validation" if reason is None else f"default {DEFAULT_THRESHOLD} ({reason})"
+        out["val_positive_pixels"][name] = int(pos[c].sum())
+        out["val_images_with_class"][name] = int(present[c])
+        out["val_f1_pooled"][name] = _pooled_f1(pos[c], neg[c], use) if val is not None else None
+        out["val_f1_pooled_at_0.5"][name] = _pooled_f1(pos[c], neg[c], DEFAULT_THRESHOLD) if val is not None else None
+    return out
+
+
 def _lesion_map(maps: np.ndarray, masks: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     """(B, H, W) maps' FOV + (B, K, H, W) bool masks → (B, H, W) index maps of retina and the masks' classes."""
     fov = maps != labels.OUTSIDE
@@ -335,25 +481,33 @@ def train(cfg: TrainConfig) -> Path:
     dev = dist.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     real = concat([harness.load_pairs(d, resolution=cfg.resolution, downsample=cfg.downsample) for d in cfg.data])
-    train_idx, val_idx = harness.holdout_split(real.ids, fraction=cfg.val_fraction, seed=cfg.seed)
+    # The validation split holds real images only: the threshold chosen on it is the operating point for
+    # real photos, and synthetic pairs (other textures, other label statistics) would bias it.
+    if cfg.val_split == "grade":
+        train_idx, val_idx = holdout_by_grade(real.grades.numpy(), fraction=cfg.val_fraction, seed=cfg.seed)
+    else:
+        train_idx, val_idx = harness.holdout_split(real.ids, fraction=cfg.val_fraction, seed=cfg.seed)
     if len(train_idx) == 0:
         raise DatasetError(f"{', '.join(map(str, cfg.data))}: no real samples left for training after holding out "
                            f"{cfg.val_fraction:g}")
     val = real.subset(val_idx) if len(val_idx) else None
     parts, n_syn = [real.subset(train_idx)], 0
-    if cfg.synthetic is not None and cfg.synthetic_fraction > 0:
-        pool = harness.load_pairs(cfg.synthetic, resolution=cfg.resolution, downsample=cfg.downsample)
-        chosen = choose_synthetic(len(pool), n_real=len(train_idx), fraction=cfg.synthetic_fraction, seed=cfg.seed,
-                                  where=str(cfg.synthetic))
-        parts.append(pool.subset(chosen))
-        n_syn = len(chosen)
+    if cfg.synthetic and cfg.synthetic_fraction > 0:
+        total = synthetic_count(len(train_idx), cfg.synthetic_fraction, counting=cfg.share_counting,
+                                paper_real=cfg.paper_real)
+        for i, (source, count) in enumerate(zip(cfg.synthetic, split_count(total, len(cfg.synthetic)))):
+            pool = harness.load_pairs(source, resolution=cfg.resolution, downsample=cfg.downsample)
+            chosen = choose_synthetic(len(pool), count=count, seed=cfg.seed + 1009 * i, where=str(source))
+            parts.append(pool.subset(chosen))
+            n_syn += len(chosen)
     data = concat(parts)
     weight = pos_weights(data.maps, cfg.model.classes, cap=cfg.pos_weight_max).to(dev)
-    description = {"real": real.description["parts"],
-                   "synthetic": None if cfg.synthetic is None else str(cfg.synthetic),
-                   "synthetic_fraction": cfg.synthetic_fraction, "n_real": len(train_idx), "n_synthetic": n_syn,
-                   "n_val": len(val_idx), "resolution": cfg.resolution, "downsample": cfg.downsample,
-                   "pos_weight": [round(float(w), 3) for w in weight], "training": "unet", "preset": cfg.preset}
+    description = {"real": real.description["parts"], "synthetic": [str(p) for p in cfg.synthetic] or None,
+                   "synthetic_fraction": cfg.synthetic_fraction, "share_counting": cfg.share_counting,
+                   "n_real": len(train_idx), "n_synthetic": n_syn, "n_val": len(val_idx), "val_split": cfg.val_split,
+                   "val_ids": [real.ids[i] for i in val_idx], "resolution": cfg.resolution,
+                   "downsample": cfg.downsample, "pos_weight": [round(float(w), 3) for w in weight],
+                   "training": "unet", "preset": cfg.preset}
     run.log.info("data: %d real + %d synthetic training pairs (%.0f %% synthetic), %d held out, at %d²; "
                  "BCE pos_weight %s", len(train_idx), n_syn, 100 * n_syn / len(data), len(val_idx), cfg.resolution,
                  description["pos_weight"])
@@ -418,7 +572,12 @@ def train(cfg: TrainConfig) -> Path:
     except harness.StopRequested:
         stopped = True  # state saved by run.steps; still write the inference checkpoint below
 
-    # Snapshot.
+    # Snapshot, with the operating point chosen on the validation split.
+    point = operating_point(model, val, cfg=cfg, device=dev) if dist.is_main else {"thresholds": {}}
+    run.log.info("thresholds %s (%s)", point["thresholds"], point.get("source"))
+    description.update(thresholds=point["thresholds"], operating_point=point)
+    val_metrics.update({f"val_f1_pooled_at_threshold_{n}": v for n, v in point.get("val_f1_pooled", {}).items()
+                        if v is not None})
     finite = {k: v for k, v in val_metrics.items() if math.isfinite(v)}
     path = run.export(model, name="unet", data=description, step=state.step, metrics=finite, export_to=cfg.export_to)
     run.close()
