@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from fundus_studio.checkpoint import load_model, paths_for, read_info
-from fundus_studio.errors import InputError
-from fundus_studio.labels import LESIONS, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
+from fundus_studio.errors import CheckpointError, InputError
+from fundus_studio.labels import LESIONS, NAMES, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
 from fundus_studio.models.acgan import Generator
 from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
 from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
@@ -358,28 +360,57 @@ class Renderer:
 
 
 class Segmenter:
-    """Photo → lesion masks with a U-Net (one sigmoid per predicted class, threshold 0.5).
+    """Photo → lesion masks with a U-Net (one sigmoid per predicted class, each with its threshold).
 
     The photo goes through the one preprocessing path (field of view, crop, square, resize) first,
     so masks come out in the geometry of :func:`fundus_studio.extract.extract_label_map`.
+
+    Args:
+        threshold: one threshold for every class, or one per class in the order of ``unet.config.classes``;
+            each in (0, 1). :meth:`from_checkpoint` uses the thresholds the trainer recorded.
     """
 
-    def __init__(self, unet: UNet, *, threshold: float = 0.5, resolution: int | None = None,
-                 device: torch.device | str = "cpu") -> None:
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    DEFAULT_THRESHOLD = 0.5  # where a checkpoint records none (those trained before operating points)
+
+    def __init__(self, unet: UNet, *, threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
+                 resolution: int | None = None, device: torch.device | str = "cpu") -> None:
+        k = len(unet.config.classes)
+        thresholds = (float(threshold),) * k if isinstance(threshold, (int, float)) else tuple(map(float, threshold))
+        if len(thresholds) != k or not all(0.0 < t < 1.0 for t in thresholds):
+            raise ValueError(f"threshold must be one value or {k} values (one per class), each in (0, 1), "
+                             f"got {threshold}")
         self.device = torch.device(device)
         self.unet = unet.to(self.device, memory_format=torch.channels_last).eval()
-        self.threshold = threshold
+        self.thresholds = thresholds
         # Lesion sizes in pixels are what the network learnt: it sees photos at its training side.
         self.resolution = resolution
 
+    @staticmethod
+    def recorded_thresholds(info: dict[str, Any], *, classes: tuple[int, ...], where: str) -> tuple[float, ...]:
+        """Per class, the threshold a checkpoint's ``data.thresholds`` (class name → value, written by
+        ``training.unet`` from its validation split) records, else 0.5. ``where`` names the file in errors."""
+        recorded = (info.get("data") or {}).get("thresholds") or {}
+        if not isinstance(recorded, dict):
+            raise CheckpointError(f"{where}: data.thresholds must map class names to numbers, got {recorded!r}")
+        out = []
+        for k in classes:
+            t = recorded.get(NAMES[k], Segmenter.DEFAULT_THRESHOLD)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
+                raise CheckpointError(f"{where}: data.thresholds[{NAMES[k]!r}] must lie in (0, 1), got {t!r}")
+            out.append(float(t))
+        return tuple(out)
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Segmenter:
-        """Load ``path``; the side it was trained at (its JSON's ``data.resolution``) is kept."""
-        resolution = (read_info(path).get("data") or {}).get("resolution")
-        return cls(load_model(path, expected=UNet), resolution=resolution if isinstance(resolution, int) else None,
-                   device=device)  # type: ignore[arg-type]
+        """Load ``path``; the side it was trained at (its JSON's ``data.resolution``) and the
+        per-class thresholds chosen on its validation split (``data.thresholds``; 0.5 where absent) are kept."""
+        info = read_info(path)
+        resolution = (info.get("data") or {}).get("resolution")
+        unet = load_model(path, expected=UNet)
+        thresholds = cls.recorded_thresholds(info, classes=unet.config.classes,  # type: ignore[attr-defined]
+                                            where=str(paths_for(path)[1]))
+        return cls(unet, threshold=thresholds, resolution=resolution if isinstance(resolution, int) else None,  # type: ignore[arg-type]
+                   device=device)
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -412,7 +443,7 @@ class Segmenter:
         if probs.shape[-1] != size:
             probs = F.interpolate(torch.from_numpy(probs)[None], size=(size, size), mode="bilinear",
                                   align_corners=False)[0].numpy()
-        return {k: (probs[i] >= self.threshold) & fov for i, k in enumerate(self.classes) if k in LESIONS}
+        return {k: (probs[i] >= self.thresholds[i]) & fov for i, k in enumerate(self.classes) if k in LESIONS}
 
 
 def extract_with_lesions(photo: np.ndarray, *, size: int, segmenter: Segmenter | None) -> np.ndarray:

@@ -4,7 +4,9 @@
         --out runs/unet/eval.json
 
 The test set is streamed from disk in small batches (memory does not grow with it). Each output
-channel goes through its own sigmoid and is thresholded at 0.5, as ``pipeline.Segmenter`` does;
+channel goes through its own sigmoid and is thresholded at the class's threshold recorded in the
+checkpoint (``data.thresholds``, chosen by ``training.unet`` on its validation split; 0.5 where
+absent, or every class at ``--threshold``), as ``pipeline.Segmenter`` does;
 predictions outside the field of view (the truth map's ``outside``) are dropped, as the Segmenter
 drops them outside the detected FOV. Images are scored at the resolution the U-Net was trained at
 (recorded in its checkpoint; ``--size`` overrides), photos area-resized and truth maps resized with
@@ -32,23 +34,25 @@ from fundus_studio.errors import InputError, StudioError
 from fundus_studio.labels import NAMES, OUTSIDE
 from fundus_studio.metrics import DEFAULT_AP_BINS, METRICS, SegmentationMetrics
 from fundus_studio.models.unet import UNet
-from fundus_studio.pipeline import photo_to_tensor
+from fundus_studio.pipeline import Segmenter, photo_to_tensor
 from training.harness import resize_index_map
 
-THRESHOLD: float = 0.5  # pipeline.Segmenter's threshold on each class's sigmoid
+THRESHOLD: float = Segmenter.DEFAULT_THRESHOLD  # a class's threshold where its checkpoint records none
 METRIC_LABELS: dict[str, str] = {"precision": "precision", "recall": "recall", "f1": "F1", "iou": "IoU",
                                  "auprc": "AUPRC"}
 
 
 def score_batch(metrics: SegmentationMetrics, probs: torch.Tensor, maps: torch.Tensor, *,
-                threshold: float = THRESHOLD) -> None:
+                threshold: float | Sequence[float] = THRESHOLD) -> None:
     """Add a batch to ``metrics``: probs ``(B, K, H, W)`` sigmoid outputs for ``metrics.classes``,
-    maps ``(B, H, W)`` true class indices. Predictions and scores outside the FOV are zeroed."""
+    maps ``(B, H, W)`` true class indices, ``threshold`` one value or ``K`` (one per class).
+    Predictions and scores outside the FOV are zeroed."""
     classes = torch.tensor(metrics.classes, device=maps.device)
     fov = (maps != OUTSIDE)[:, None]
     scores = torch.where(fov, probs.float(), torch.zeros((), device=probs.device))
     truth = maps[:, None].long() == classes.view(1, -1, 1, 1)
-    pred = scores >= threshold
+    cut = torch.as_tensor(threshold, dtype=scores.dtype, device=scores.device).reshape(1, -1, 1, 1)
+    pred = scores >= cut
     for p, t, s in zip(pred.cpu().numpy(), truth.cpu().numpy(), scores.cpu().numpy()):
         metrics.update(p, t, s)
 
@@ -69,9 +73,11 @@ def _batches(ds: StudioDataset, *, size: int, batch: int) -> Iterator[tuple[np.n
 
 @torch.inference_mode()
 def evaluate(unet: UNet, data: str | os.PathLike[str], *, size: int, batch: int = 8,
-             device: torch.device | str = "cpu", ap_bins: int | None = DEFAULT_AP_BINS) -> dict[str, Any]:
+             device: torch.device | str = "cpu", ap_bins: int | None = DEFAULT_AP_BINS,
+             thresholds: Sequence[float] | None = None) -> dict[str, Any]:
     """Stream the studio dataset ``data`` through ``unet`` at ``size``² → ``metrics`` result dict
-    (``fundus_studio.metrics``: ``result["pooled" | "per_image"][metric][class name]``)."""
+    (``fundus_studio.metrics``: ``result["pooled" | "per_image"][metric][class name]``), each class
+    thresholded at its entry of ``thresholds`` (None: 0.5 for all)."""
     stride = unet.config.stride
     if size < stride or size % stride:
         raise InputError(f"--size {size}: the U-Net needs a multiple of {stride}")
@@ -82,7 +88,8 @@ def evaluate(unet: UNet, data: str | os.PathLike[str], *, size: int, batch: int 
     metrics = SegmentationMetrics(classes=unet.config.classes, ap_bins=ap_bins)
     for photos, maps in _batches(ds, size=size, batch=batch):
         x = photo_to_tensor(photos).to(device).contiguous(memory_format=torch.channels_last)
-        score_batch(metrics, torch.sigmoid(unet(x).float()), torch.from_numpy(maps).to(device))
+        score_batch(metrics, torch.sigmoid(unet(x).float()), torch.from_numpy(maps).to(device),
+                    threshold=THRESHOLD if thresholds is None else thresholds)
     return metrics.compute()
 
 
@@ -120,17 +127,31 @@ def finite(obj: Any) -> Any:
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], *,
-                        size: int | None = None, batch: int = 8, device: str = "cpu") -> dict[str, Any]:
-    """Load ``checkpoint``, evaluate it on ``data`` → a JSON-able report (metrics under ``"metrics"``)."""
+                        size: int | None = None, batch: int = 8, device: str = "cpu",
+                        threshold: float | None = None) -> dict[str, Any]:
+    """Load ``checkpoint``, evaluate it on ``data`` → a JSON-able report (metrics under ``"metrics"``).
+
+    Each class is thresholded at ``threshold`` when given, else at the value its checkpoint records
+    (``data.thresholds``: chosen on the run's validation split, never on ``data``), else 0.5.
+    """
     info = read_info(checkpoint)
     unet = load_model(checkpoint, expected=UNet, device=device)
     if size is None:
         size = info.get("data", {}).get("resolution") or StudioDataset.open(data).size
-    result = evaluate(unet, data, size=int(size), batch=batch, device=device)  # type: ignore[arg-type]
+    classes = unet.config.classes  # type: ignore[attr-defined]
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+    thresholds = ((threshold,) * len(classes) if threshold is not None
+                  else Segmenter.recorded_thresholds(info, classes=classes, where=str(paths_for(checkpoint)[1])))
+    source = ("given" if threshold is not None else
+              "checkpoint" if (info.get("data") or {}).get("thresholds") else f"default {THRESHOLD}")
+    result = evaluate(unet, data, size=int(size), batch=batch, device=device,  # type: ignore[arg-type]
+                      thresholds=thresholds)
     return finite({
         "checkpoint": str(paths_for(checkpoint)[0]), "checkpoint_sha256": info.get("sha256"),
-        "checkpoint_step": info.get("step"), "data": str(data), "size": int(size), "threshold": THRESHOLD,
-        "classes": [NAMES[c] for c in unet.config.classes], "metrics": result,
+        "checkpoint_step": info.get("step"), "data": str(data), "size": int(size),
+        "thresholds": {NAMES[c]: t for c, t in zip(classes, thresholds)}, "threshold_source": source,
+        "classes": [NAMES[c] for c in classes], "metrics": result,
     })
 
 
@@ -143,15 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="side to score at (default: the training resolution)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="one threshold for every class (default: the checkpoint's recorded ones, else 0.5)")
     args = parser.parse_args(argv)
     try:
-        report = evaluate_checkpoint(args.checkpoint, args.data, size=args.size, batch=args.batch, device=args.device)
+        report = evaluate_checkpoint(args.checkpoint, args.data, size=args.size, batch=args.batch, device=args.device,
+                                     threshold=args.threshold)
     except StudioError as err:
         print(f"training.evaluate_segmentation: error: {err}", file=sys.stderr)
         return 2
     m = report["metrics"]
+    cuts = ", ".join(f"{k} {v:g}" for k, v in report["thresholds"].items())
     print(f"{report['checkpoint']} (step {report['checkpoint_step']}) on {args.data}: {m['images']} images at "
-          f"{report['size']}², threshold {THRESHOLD}\n")
+          f"{report['size']}², thresholds {cuts} ({report['threshold_source']})\n")
     print(markdown_table(m))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
