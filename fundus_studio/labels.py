@@ -53,6 +53,9 @@ NEOVASCULARISATION = INDEX["neovascularisation"]
 IRMA = INDEX["irma"]
 
 LESIONS: tuple[int, ...] = tuple(c.index for c in CLASSES if c.lesion)
+# Structures a few pixels across (vessels and every lesion): what a loss or measure of small-scale
+# detail looks at, apart from the large regions (outside, retina, optic disc).
+FINE_STRUCTURES: tuple[int, ...] = (VESSEL, *LESIONS)
 
 # Where masks overlap the later class wins: retina < optic disc < vessel < lesions. Among lesions
 # the small ones come last so that a microaneurysm inside a haemorrhage's halo is not lost.

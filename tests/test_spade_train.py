@@ -231,6 +231,33 @@ def test_class_balanced_l1_weighs_a_one_pixel_class_like_the_background() -> Non
     assert torch.nn.functional.l1_loss(fake, real).item() == pytest.approx(0.01)  # plain L1 barely sees it
 
 
+def test_detail_l1_charges_a_faint_microaneurysm_and_ignores_the_background() -> None:
+    idx = torch.full((1, 16, 16), labels.RETINA, dtype=torch.long)
+    idx[0, 8, 8] = labels.MICROANEURYSM
+    label = torch.nn.functional.one_hot(idx, labels.NUM_CLASSES).permute(0, 3, 1, 2).float()
+    real = torch.zeros(1, 3, 16, 16)
+    real[0, :, 8, 8] = -1.0  # a dark dot
+    faint = real * 0.2
+    assert spade.detail_l1(real, real, label, sigma=1.5).item() == 0.0
+    assert spade.detail_l1(faint, real, label, sigma=1.5).item() > 0.5  # most of the dot's contrast is missing
+    # Offsetting the whole image (a brighter render) changes no high-pass: no charge; background texture
+    # is not charged either (only fine-structure pixels count).
+    noisy = real + 0.3 + 0.05 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * (idx != labels.MICROANEURYSM)
+    assert spade.detail_l1(real + 0.3, real, label, sigma=1.5).item() == pytest.approx(0.0, abs=1e-6)
+    assert spade.detail_l1(noisy, real, label, sigma=1.5).item() < 0.1
+    no_fine = torch.nn.functional.one_hot(torch.full_like(idx, labels.RETINA), labels.NUM_CLASSES).permute(0, 3, 1, 2).float()
+    assert spade.detail_l1(faint, real, no_fine, sigma=1.5).item() == 0.0
+
+
+def test_gaussian_blur_keeps_constants_and_mass() -> None:
+    x = torch.full((1, 3, 9, 9), 0.7)
+    assert torch.allclose(spade.gaussian_blur(x, sigma=1.5), x)
+    dot = torch.zeros(1, 1, 21, 21)
+    dot[0, 0, 10, 10] = 1.0
+    blurred = spade.gaussian_blur(dot, sigma=1.5)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5) and blurred.max().item() < 0.1
+
+
 def test_kl_and_hinge_have_their_known_values() -> None:
     assert spade.kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
     assert spade.kl_divergence(torch.ones(2, 4), torch.zeros(2, 4)).item() == pytest.approx(2.0)  # ½ Σ μ²
