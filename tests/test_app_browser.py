@@ -111,3 +111,55 @@ def test_a_stamp_placed_by_a_click_appears_in_map_and_render_and_undoes(page) ->
     _wait_count(pg, "hard_exudate", before, more=False)
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / "browser_stamp.png"), full_page=True)
+
+
+def _image_pixels(pg, selector: str):
+    """The pixels of the image an <img> shows, fetched by the page itself (the server's PNG, not a screenshot)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    src = pg.evaluate(f"() => document.querySelector('{selector}')?.getAttribute('src') || ''")
+    body = pg.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def test_in_photo_edit_mode_pixels_far_from_a_stamp_are_the_photos(page) -> None:
+    import numpy as np
+
+    pg = page
+    pg.wait_for_function("() => !!document.querySelector('#render img')")
+    before_src = _render_src(pg)
+    pg.locator("#example-photo").click()
+    pg.wait_for_function("() => (document.querySelector('#start-msg')?.innerText || '').includes('extract from photo')")
+    pg.wait_for_function("(b) => (document.querySelector('#render img')?.getAttribute('src') || '') !== b",
+                         arg=before_src)
+    pg.wait_for_function("() => (document.querySelector('#suggest-msg')?.innerText || '').includes('phantoms only')")
+    assert pg.locator("#render-mode input[type=radio]:checked").get_attribute("value").startswith("Edit the photo")
+    photo = _image_pixels(pg, "#render img")
+    size = photo.shape[0]
+    photo = photo[:, size:]  # side by side: map | photo
+    # A stamp clicked on the map half, at its centre.
+    unstamped = _render_src(pg)
+    pg.locator("#stamp-kind input").click()
+    pg.get_by_role("option", name="blot_haemorrhage").click()
+    pg.mouse.click(5, 5)
+    img = pg.locator("#render img")
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.25, "y": box["height"] * 0.5})
+    pg.wait_for_function("() => (document.querySelector('#stamp-msg')?.innerText || '').includes('Stamped a blot')")
+    pg.wait_for_function("(b) => (document.querySelector('#render img')?.getAttribute('src') || '') !== b",
+                         arg=unstamped)
+    shown = _image_pixels(pg, "#render img")
+    edited, label_colours = shown[:, size:], shown[:, :size]
+    from fundus_studio import labels
+
+    stamped = labels.from_color(label_colours) == labels.HAEMORRHAGE
+    assert stamped.any()
+    ys, xs = np.nonzero(stamped)
+    far = np.ones(stamped.shape, bool)
+    far[max(ys.min() - 17, 0):ys.max() + 18, max(xs.min() - 17, 0):xs.max() + 18] = False
+    assert np.array_equal(edited[far], photo[far]) and not np.array_equal(edited, photo)
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "browser_photo_edit.png"), full_page=True)
