@@ -40,6 +40,7 @@ from fundus_studio.formats import export_dataset  # noqa: E402
 from fundus_studio.imageio import read_image, read_label_map  # noqa: E402
 from fundus_studio.runtime import tune_malloc  # noqa: E402
 from fundus_studio.phantom import LESION_KINDS  # noqa: E402
+from fundus_studio.photo_edit import PhotoEditConfig  # noqa: E402
 from fundus_studio.studio import GENERATORS, Studio  # noqa: E402
 
 CHECKPOINTS = Path(os.environ.get("FUNDUS_STUDIO_CHECKPOINTS", "checkpoints"))
@@ -74,9 +75,10 @@ VIEW_SIDE, VIEW_OVERLAY = "Side by side", "Overlay"
 # What the render shows: a photo synthesised from the whole map, or (after "Extract from photo") the photo
 # itself, with only the regions painted since synthesised and blended in (fundus_studio.photo_edit).
 MODE_SYNTH, MODE_EDIT = "Synthesise the whole photo", "Edit the photo (keep it where the map is unchanged)"
+EDIT_MARGIN_PX = PhotoEditConfig().margin_px
 EDIT_HINT = ("**Edit the photo**: after *Extract from photo*, the render is the photo itself; what you paint or "
              "stamp (or erase back to retina) is rendered in the photo's own style and blended in, and the photo "
-             "stays exact 8 px beyond your changes. Download gives the edited photo and its label map.")
+             f"stays exact {EDIT_MARGIN_PX} px beyond your changes. Download gives the edited photo and its label map.")
 SUGGEST_THRESHOLD = 0.5  # the suggestion slider's start: the segmenter's own threshold
 SUGGEST_NOTE = ("The lesion U-Net was trained on **procedural phantoms only**: on a real photo its finds are guesses. "
                 "They are outlined here as suggestions, not written into the map; move the threshold, then accept "
