@@ -66,7 +66,8 @@ def _disc(radius: int) -> np.ndarray:
 def check_pair(photo: np.ndarray, original_map: np.ndarray, edited_map: np.ndarray) -> None:
     """InputError unless the photo and both maps share one ``(S, S)`` geometry."""
     if not isinstance(photo, np.ndarray) or photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-        raise InputError(f"photo to edit: expected an (S, S, 3) uint8 image, got {getattr(photo, 'shape', type(photo))}")
+        got = getattr(photo, "shape", type(photo))
+        raise InputError(f"photo to edit: expected an (S, S, 3) uint8 image, got {got}")
     for what, m in (("the photo's label map", original_map), ("the edited label map", edited_map)):
         labels.check_index_map(m, what=what)
         if m.shape != photo.shape[:2]:

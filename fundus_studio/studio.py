@@ -92,11 +92,8 @@ def lesion_probabilities(segmenter: Any, photo: np.ndarray, fov: np.ndarray) -> 
 
 
 def segmenter_thresholds(segmenter: Any) -> dict[int, float]:
-    """``{class index: threshold}`` of a ``pipeline.Segmenter`` (one per class, or one for all)."""
-    per_class = getattr(segmenter, "thresholds", None)
-    if per_class is None:
-        per_class = (segmenter.threshold,) * len(segmenter.classes)
-    return {int(k): float(t) for k, t in zip(segmenter.classes, per_class)}
+    """``{class index: threshold}`` of a ``pipeline.Segmenter`` (the ones its checkpoint recorded)."""
+    return {int(k): float(t) for k, t in zip(segmenter.classes, segmenter.thresholds)}
 
 
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
