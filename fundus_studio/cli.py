@@ -194,7 +194,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed, per_grade=args.per_grade, render_count=args.render_count, segmenter=args.segmenter,
             real_train=args.real_train, test_count=args.test_count, pool=args.pool, synthetic_size=args.synthetic_size,
             donors=args.donors, classes=tuple(args.classes), fractions=args.fractions, seeds=args.seeds,
-            unet_preset=args.unet_preset, unet_steps=args.unet_steps, threads=args.threads)
+            unet_preset=args.unet_preset, unet_steps=args.unet_steps, threads=args.threads, generator=args.generator,
+            sources=tuple(args.sources.split(",")), paper_fractions=args.paper_fractions,
+            paper_real=args.paper_real, val_fraction=args.val_fraction, jobs=args.jobs)
     except ValueError as err:
         args.parser.error(str(err))
     path = run(cfg, command=shlex.join(["fundus-studio", *args.argv]))
@@ -223,14 +225,26 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--segmenter", type=Path, default=None,
                    help="renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)")
     p.add_argument("--real-train", type=_positive, default=50, help="downstream: real training pairs (default 50)")
-    p.add_argument("--test-count", type=int, default=0, help="downstream: cap on test pairs (default 0: the rest)")
-    p.add_argument("--pool", type=_positive, default=300, help="downstream: pairs per synthetic pool (default 300)")
+    p.add_argument("--test-count", type=int, default=200, help="downstream: cap on test pairs (default 200; 0: the rest)")
+    p.add_argument("--pool", type=_positive, default=200, help="downstream: pairs per synthetic pool (default 200)")
+    p.add_argument("--generator", default=None,
+                   help="downstream: label-map generator of the generated pool (default: the folder's default)")
+    p.add_argument("--sources", default="generated,copy-paste,combined",
+                   help="downstream: synthetic sources (default generated,copy-paste,combined)")
+    p.add_argument("--paper-fractions", type=_fractions_arg, default=(0.25,),
+                   help="downstream: the paper's rows also run with its synthetic counts (default 0.25; '' for none)")
+    p.add_argument("--paper-real", type=_positive, default=54,
+                   help="downstream: real set the paper's counts are read against (default 54, IDRiD's)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="downstream: real pairs each run holds out to choose its thresholds (default 0.2)")
+    p.add_argument("--jobs", type=_positive, default=2, help="downstream: U-Nets trained at once (default 2)")
     p.add_argument("--synthetic-size", type=_size_arg, default=256, help="downstream: side of sampled pairs (256)")
     p.add_argument("--donors", type=_positive, default=2, help="downstream: copy-paste donors per sample (default 2)")
-    p.add_argument("--classes", nargs="+", default=["hard_exudate"], help="downstream: classes (default hard_exudate)")
+    p.add_argument("--classes", nargs="+", default=["hard_exudate", "haemorrhage"],
+                   help="downstream: classes one U-Net segments (default hard_exudate haemorrhage)")
     p.add_argument("--fractions", type=_fractions_arg, default=(0.0, 0.25, 0.5, 0.75),
                    help="downstream: synthetic shares (default 0,0.25,0.5,0.75)")
-    p.add_argument("--seeds", type=_positive, default=3, help="downstream: seeds per share (default 3)")
+    p.add_argument("--seeds", type=_positive, default=5, help="downstream: seeds per share (default 5)")
     p.add_argument("--unet-preset", default="small-cpu", help="downstream: training.unet preset (default small-cpu)")
     p.add_argument("--unet-steps", type=_positive, default=None, help="downstream: steps per run (default: preset's)")
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")

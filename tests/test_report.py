@@ -131,8 +131,9 @@ def _made() -> dict:
             "renders": {"segmenter_classes": list(iou),
                         "segmentation": {"real": {"pooled": {"iou": iou}},
                                          "render": {"pooled": {"iou": {**iou, "vessel": 0.39, "optic_disc": 0.7}}}}},
-            "downstream": {"summary": {"acgan-spade": {"hard_exudate": {
-                "0": {"pooled": {"f1": _stats(0.40, 0.02)}}, "0.25": {"pooled": {"f1": _stats(0.43, 0.04)}}}}}}}
+            "downstream": {"generator": "flow", "summary": {"generated": {"hard_exudate": {
+                "0": {"pooled": {"f1": _stats(0.40, 0.02), "recall": _stats(0.9, 0.01)}},
+                "0.25": {"pooled": {"f1": _stats(0.43, 0.04), "recall": _stats(0.9, 0.01)}}}}}}}
 
 
 def _met(made: dict) -> dict[str, bool | None]:
@@ -144,9 +145,50 @@ def test_targets_compare_ratios_and_the_downstream_gain_with_one_sd() -> None:
     assert _met(made) == {"grade_accuracy": True, "grade_kappa": False, "iou_optic_disc": True, "iou_vessel": False,
                           "iou_haemorrhage": True, "iou_hard_exudate": True, "own_style_flat": None,
                           "own_style_texture": None, "real_colour": None,  # a render stage that predates them
-                          "downstream_hard_exudate": False}  # 0.78/0.96 = 0.81; disc 0.7/0.8; gain 0.03 < sd 0.04
-    made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0.25"]["pooled"]["f1"] = _stats(0.45, 0.04)
+                          "downstream_hard_exudate": False,  # 0.78/0.96 = 0.81; disc 0.7/0.8; gain 0.03 < sd 0.04
+                          "downstream_vs_copy_paste_hard_exudate": None, "recall_hard_exudate": None}  # not run
+    made["downstream"]["summary"]["generated"]["hard_exudate"]["0.25"]["pooled"]["f1"] = _stats(0.45, 0.04)
     assert _met(made)["downstream_hard_exudate"] is True
+
+
+def _share_stats(f1: float, recall: float) -> dict:
+    return {"pooled": {"f1": _stats(f1, 0.02), "recall": _stats(recall, 0.01), "precision": _stats(0.5, 0.1)},
+            "per_image": {"f1": _stats(f1, 0.05), "recall": _stats(recall, 0.02), "precision": _stats(0.5, 0.1)},
+            "threshold": _stats(0.8, 0.05), "sizes": [[40, 13]]}
+
+
+def test_issue_13_targets_compare_with_copy_paste_and_keep_recall_at_75() -> None:
+    made = _made()
+    gen = made["downstream"]["summary"]["generated"]["hard_exudate"]
+    gen["0.75"] = _share_stats(0.5, 0.84)  # recall 0.84 < 0.9 − 0.05: collapsed
+    made["downstream"]["summary"]["copy-paste"] = {"hard_exudate": {"0.25": _share_stats(0.43, 0.9)}}
+    met = _met(made)
+    assert met["downstream_vs_copy_paste_hard_exudate"] is True  # 0.43 vs 0.43: not below
+    assert met["recall_hard_exudate"] is False
+    gen["0.75"]["pooled"]["recall"] = _stats(0.851, 0.01)
+    made["downstream"]["summary"]["copy-paste"]["hard_exudate"]["0.25"]["pooled"]["f1"] = _stats(0.44, 0.01)
+    met = _met(made)
+    assert met["recall_hard_exudate"] is True and met["downstream_vs_copy_paste_hard_exudate"] is False
+    row = next(t for t in report_text.targets(made, classes=("hard_exudate",))
+               if t["key"] == "downstream_vs_copy_paste_hard_exudate")
+    assert "flow prior + SPADE" in row["target"] and row["measured"] == "0.430 vs 0.440"
+
+
+def test_downstream_section_gives_the_papers_table_shape_and_its_counting() -> None:
+    summary = {"generated": {"hard_exudate": {"0": _share_stats(0.4, 0.9), "0.25": _share_stats(0.45, 0.9)}},
+               "copy-paste": {"hard_exudate": {"0.25": _share_stats(0.44, 0.9)}},
+               "combined": {"hard_exudate": {"0.25": _share_stats(0.46, 0.9)}}}
+    paper = {"generated": {"hard_exudate": {"0.25": {**_share_stats(0.3, 0.7), "sizes": [[40, 182]]}}}}
+    r = {"real_train": 50, "test": 200, "pool": 200, "generator": "acgan", "summary": summary, "paper_summary": paper,
+         "paper_real": 54, "run_config": {"preset": "small-cpu", "steps": None, "val_fraction": 0.2}}
+    text = "\n".join(report_text.downstream_section(r, data="d", donors=2, seeds=5, classes=("hard_exudate",),
+                                                    fractions=(0.0, 0.25)))
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and " % |" in line]
+    assert rows == ["real only", "ACGAN + SPADE", "copy-paste", "ACGAN + SPADE + copy-paste (half each)",
+                    "real only", "ACGAN + SPADE (paper's count)"]
+    assert "| ACGAN + SPADE (paper's count) | 25 % | 40 + 182 | 0.300 ± 0.020 |" in text
+    assert "precision (per image) | recall (per image) | threshold |" in text and "0.800 ± 0.050" in text
+    assert "Counted as the paper counts" in text and "246 / 54 ≈ 4.6" in text
 
 
 def _summary(mean: float, median: float | None = None) -> dict[str, float]:
@@ -195,11 +237,11 @@ def test_targets_say_not_measured_instead_of_passing_or_vanishing() -> None:
     del made["labels"]["grade_fidelity"]["heldout_real"]  # no real maps unseen by the classifier
     made["renders"]["segmenter_classes"].remove("vessel")  # a segmenter without vessels
     made["renders"]["segmentation"]["real"]["pooled"]["iou"]["haemorrhage"] = 0.0  # ratio undefined
-    made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0"]["pooled"]["f1"] = _stats(0.40, None)  # 1 seed
+    made["downstream"]["summary"]["generated"]["hard_exudate"]["0"]["pooled"]["f1"] = _stats(0.40, None)  # 1 seed
     met = _met(made)
     assert met["grade_accuracy"] is None and met["iou_vessel"] is None and met["iou_haemorrhage"] is None
     assert met["downstream_hard_exudate"] is None and met["iou_optic_disc"] is True
-    del made["downstream"]["summary"]["acgan-spade"]["hard_exudate"]["0.25"]  # share not run
+    del made["downstream"]["summary"]["generated"]["hard_exudate"]["0.25"]  # share not run
     assert _met(made)["downstream_hard_exudate"] is None
     table = report_text.targets_table(report_text.targets(made, classes=("hard_exudate",)))
     assert "not measured (the segmenter does not predict vessel)" in table and "nan" not in table
@@ -223,30 +265,34 @@ def _args(checkpoints: Path, data: Path, out: Path, *, per_grade: int = 3) -> li
     return ["evaluate", "--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
             "--per-grade", str(per_grade), "--render-count", "5", "--real-train", "10", "--pool", "12",
             "--synthetic-size", str(SIZE), "--fractions", "0,0.25", "--seeds", "2", "--unet-preset", "smoke",
-            "--unet-steps", "2", "--threads", "1"]
+            "--unet-steps", "2", "--threads", "1", "--jobs", "1", "--paper-real", "200"]
 
 
-@pytest.mark.slow  # about 20 s: samples, renders and eight smoke U-Net trainings
+@pytest.mark.slow  # about 40 s: samples, renders and ten smoke U-Net trainings
 def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
     assert cli.main(_args(checkpoints, phantoms, out)) == 0
     md = (out / "REPORT.md").read_text()
-    for heading in ("## Targets", "## 1. Label maps", "## 2. Renders", "## 3. Downstream", "### hard_exudate"):
+    for heading in ("## Targets", "## 1. Label maps", "## 2. Renders", "## 3. Downstream", "### hard_exudate",
+                    "### haemorrhage", "### Counted as the paper counts", "#### hard_exudate"):
         assert heading in md
     assert "Measured on procedural phantoms" in md
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and " % |" in line]
-    assert rows == ["real only", "ACGAN + SPADE", "copy-paste"]
+    gen = "flow prior + SPADE"  # the folder's default generator
+    main = ["real only", gen, "copy-paste", f"{gen} + copy-paste (half each)"]
+    assert rows == [*main, *main, *(["real only", f"{gen} (paper's count)"] * 2)]
     for name in ("lesions", "samples", "render_iou", "downstream", "own_style", "real_photos"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG
     data = json.loads((out / "report.json").read_text())
     assert data["labels"]["grade_fidelity"]["generated"]["count"] == 3 * labels.NUM_GRADES
     assert data["renders"]["count"] == 5 and data["downstream"]["real_train"] == 10
-    assert data["downstream"]["test"] == 20
+    assert data["downstream"]["test"] == 20 and data["downstream"]["generator"] == "flow"
     assert {t["key"] for t in data["targets"]} == {
         "grade_accuracy", "grade_kappa", "plausible_disc", "vessel_share", "connectivity", "vessel_width",
         "lesion_share_2", "lesion_share_3", "lesion_share_4", "lesion_free_0", "diversity", "memorisation",
-        "iou_optic_disc", "iou_vessel", "iou_haemorrhage", "iou_hard_exudate", "downstream_hard_exudate",
+        "iou_optic_disc", "iou_vessel", "iou_haemorrhage", "iou_hard_exudate",
+        *(f"{k}_{c}" for k in ("downstream", "downstream_vs_copy_paste", "recall") for c in ("hard_exudate", "haemorrhage")),
         "own_style_flat", "own_style_texture", "real_colour:skimage.data.retina (CC0)",
         "real_texture:skimage.data.retina (CC0)"}
     assert data["renders"]["own_style"]["count"] == 5  # style_count (30) capped by the render stage's 5 pairs
@@ -256,9 +302,16 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     # The tiny classifier records no training data, so no real maps count as unseen: said, not dropped.
     assert next(t for t in data["targets"] if t["key"] == "grade_accuracy")["met"] is None
     runs = {str(p.relative_to(out / "downstream")) for p in (out / "downstream").glob("*/runs/*")}
-    assert runs == {"acgan-spade/runs/f0-s0", "acgan-spade/runs/f0-s1", "acgan-spade/runs/f0.25-s0",
-                    "acgan-spade/runs/f0.25-s1", "copy-paste/runs/f0.25-s0", "copy-paste/runs/f0.25-s1"}
-    assert StudioDataset.open(out / "data" / "acgan-spade").info["meta"]["source"] == "acgan+spade"
+    assert runs == {"generated/runs/f0-s0", "generated/runs/f0-s1", *(f"{s}/runs/f0.25-s{i}" for i in (0, 1) for s in (
+        "generated", "copy-paste", "combined", "paper-generated"))}
+    assert StudioDataset.open(out / "data" / "flow-spade").info["meta"]["source"] == "flow+spade"
+    # 10 real, 2 held out per run: 8 train; 25 %: 3 synthetic (combined: 2 + 1); the paper's count: 8 · 246 / 200.
+    unets = {p.parent.parent.parent.name: json.loads((p.parent / "unet.json").read_text())["data"]
+             for p in (out / "downstream").glob("*/runs/f0.25-s0/eval.json")}
+    assert {k: (d["n_real"], d["n_synthetic"], d["n_val"]) for k, d in unets.items()} == {
+        "generated": (8, 3, 2), "copy-paste": (8, 3, 2), "combined": (8, 3, 2), "paper-generated": (8, 10, 2)}
+    assert len(unets["combined"]["synthetic"]) == 2 and unets["paper-generated"]["share_counting"] == "paper"
+    assert set(unets["generated"]["thresholds"]) == {"hard_exudate", "haemorrhage"}
 
     # Re-running reuses every finished stage and run; other settings into the same folder are refused.
     stamps = {p: p.stat().st_mtime_ns for p in [out / "labels.json", out / "renders.json",
@@ -303,7 +356,12 @@ def test_evaluate_names_a_corrupt_checkpoint_in_one_line(checkpoints: Path, phan
 @pytest.mark.parametrize(("extra", "message"), [
     (["--stages", "labels,nonsense"], "stages must be some of"),
     (["--fractions", "0.25,0.5"], "fractions must include 0"),
-    (["--pool", "5"], "needs 10 synthetic pairs; raise pool"),  # 50 % of 10 real
+    (["--pool", "5"], "needs 8 synthetic pairs; raise pool"),  # 50 % of the 8 real left after validation
+    (["--paper-real", "54"], "(paper counting) of 8 real training pairs needs 36 synthetic pairs"),
+    (["--sources", "generated,gan"], "sources must be some of"),
+    (["--generator", "nonsense"], "generator must be one of"),
+    (["--paper-fractions", "0.3"], "paper_fractions must be some of the paper's rows"),
+    (["--val-fraction", "0.01"], "val_fraction must hold out at least one"),
     (["--test-count", "-3"], "test_count must be ≥ 0"),
 ])
 def test_evaluate_rejects_bad_settings_before_any_work(checkpoints: Path, phantoms: Path, tmp_path: Path,

@@ -19,10 +19,15 @@ in training. Three stages, each written to OUT and reused when the command is ru
    distance and background texture (``evaluate_renders.real_photo``). Figures: own_style.png,
    real_photos.png (drawn with the stage, kept with its cache).
 3. **downstream** (Son et al.'s experiment, ``training.mix_experiment``): ``real_train`` pairs of
-   ``--data`` (stratified by grade) are the scarce real training set, the rest the test set. A fresh
-   U-Net per (source, synthetic share, seed) segments ``classes``; synthetic pairs come from a pool of
-   ``pool`` ACGAN + SPADE samples (the paper's generator) (``fundus-studio sample``) or from the copy-paste baseline built
-   from the same real training pairs (``training.copy_paste``), every run with the same step budget.
+   ``--data`` (stratified by grade) are the scarce real training set, the rest (at most ``test_count``)
+   the test set. A fresh U-Net per (source, synthetic share, seed) segments ``classes`` (one U-Net for
+   all of them), each with its thresholds chosen on its own grade-stratified validation split of the
+   real pairs. Sources (:data:`DOWNSTREAM_SOURCES`): ``pool`` samples of ``generator`` + SPADE
+   (``fundus-studio sample``; the folder's default generator unless ``generator`` is set), the
+   copy-paste baseline built from the same real training pairs (``training.copy_paste``), and both
+   together (each run's synthetic count split evenly between the two pools); every run with the same
+   step budget. Beside it, the paper-faithful variant: the generated source at ``paper_fractions``
+   with the synthetic count of Son et al.'s rows (``training.unet.synthetic_count``, ``paper``).
 
 OUT/REPORT.md holds the tables and the project's targets, OUT/report.json every number, and
 OUT/*.png the plots. OUT/config.json pins the settings and the checkpoints' hashes: a later run with
@@ -33,7 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +66,11 @@ from training import (
     unet,
 )
 from training.evaluate_segmentation import finite
-from training.report_text import SOURCES, markdown, targets
+from training.report_text import markdown, source_labels, targets
 
 STAGES: tuple[str, ...] = ("labels", "renders", "downstream")
+# The downstream stage's kinds of synthetic data: the generator's pairs, the copy-paste baseline, both.
+DOWNSTREAM_SOURCES: tuple[str, ...] = ("generated", "copy-paste", "combined")
 SETTINGS_FILE = "config.json"
 REQUIRED: tuple[str, ...] = ("spade", "grade_classifier")  # a generator and a U-Net (the folder's or --segmenter) too
 SAMPLES_PER_GRADE = 4  # columns of the samples figure
@@ -89,17 +98,23 @@ class ReportConfig:
     render_count: int = 100  # renders: held-out pairs rendered and segmented
     style_count: int = 30  # renders: of those, how many are also rendered at the data's side in their photo's style
     segmenter: Path | None = None  # renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)
-    real_train: int = 50  # downstream: scarce real training pairs, stratified by grade; the rest is the test set
-    test_count: int = 0  # downstream: cap on the test pairs (0 = every pair not in the real training set)
-    pool: int = 300  # downstream: pairs in each synthetic pool (≥ what the largest share needs)
-    synthetic_size: int = 256  # downstream: side of the ACGAN + SPADE pairs (the U-Net presets train at 256)
+    real_train: int = 50  # downstream: scarce real pairs, stratified by grade (val_fraction of them validate)
+    test_count: int = 200  # downstream: cap on the test pairs (0 = every pair not in the real training set)
+    pool: int = 200  # downstream: pairs in each synthetic pool (≥ what the largest share needs)
+    synthetic_size: int = 256  # downstream: side of the generated pairs (the U-Net presets train at 256)
     donors: int = 2  # downstream: same-grade pairs whose lesions each copy-paste sample gets
-    classes: tuple[str, ...] = ("hard_exudate",)  # downstream: classes the U-Nets segment
+    generator: str | None = None  # downstream: label-map generator of the generated pool (None: the folder's default)
+    sources: tuple[str, ...] = DOWNSTREAM_SOURCES  # downstream: synthetic sources compared with real-only
+    classes: tuple[str, ...] = ("hard_exudate", "haemorrhage")  # downstream: classes one U-Net segments
     fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)  # downstream: synthetic shares of the training set
-    seeds: int = 3  # downstream: U-Net seeds per (source, share)
+    paper_fractions: tuple[float, ...] = (0.25,)  # downstream: the paper's rows run with its counting (() = none)
+    paper_real: int = unet.PAPER_REAL  # downstream: the real set the paper's synthetic counts are read against
+    val_fraction: float = 0.2  # downstream: real training pairs each run holds out to choose its thresholds
+    seeds: int = 5  # downstream: U-Net seeds per (source, share)
     unet_preset: str = "small-cpu"  # downstream: training.unet preset of every run
     unet_steps: int | None = None  # downstream: steps per run (default: the preset's)
-    threads: int | None = None  # torch CPU threads (does not change the results' meaning)
+    jobs: int = 2  # downstream: U-Nets trained at once (does not change the results' meaning)
+    threads: int | None = None  # torch CPU threads, shared by the jobs (does not change the results' meaning)
 
     def __post_init__(self) -> None:
         if not self.stages or set(self.stages) - set(STAGES):
@@ -112,15 +127,33 @@ class ReportConfig:
             raise ValueError("per_grade must be at least 2 (diversity compares pairs of maps)")
         if self.test_count < 0:
             raise ValueError(f"test_count must be ≥ 0 (0 = every remaining pair), got {self.test_count}")
+        if self.jobs < 1 or self.paper_real < 1:
+            raise ValueError(f"jobs and paper_real must be positive, got {self.jobs}, {self.paper_real}")
+        if not self.sources or set(self.sources) - set(DOWNSTREAM_SOURCES):
+            raise ValueError(f"sources must be some of {', '.join(DOWNSTREAM_SOURCES)}, got {self.sources}")
+        if self.generator is not None and self.generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
         object.__setattr__(self, "fractions", tuple(sorted(set(self.fractions))))
         if not self.fractions or not all(0.0 <= f < 1.0 for f in self.fractions):
             raise ValueError(f"fractions must lie in [0, 1), got {self.fractions}")
         if 0.0 not in self.fractions:
             raise ValueError("fractions must include 0 (the real-only runs every share is compared with)")
-        needed = unet.synthetic_count(self.real_train, max(self.fractions))
-        if needed > self.pool:
-            raise ValueError(f"a {100 * max(self.fractions):g} % share of {self.real_train} real pairs needs "
-                             f"{needed} synthetic pairs; raise pool (now {self.pool})")
+        object.__setattr__(self, "paper_fractions", tuple(sorted(set(self.paper_fractions))))
+        if set(self.paper_fractions) - set(unet.PAPER_SYNTHETIC):
+            raise ValueError(f"paper_fractions must be some of the paper's rows {sorted(unet.PAPER_SYNTHETIC)}, "
+                             f"got {self.paper_fractions}")
+        if not 0.0 < self.val_fraction < 1.0 or unet.val_count(self.real_train, self.val_fraction) < 1:
+            raise ValueError(f"val_fraction must hold out at least one of {self.real_train} real pairs and leave "
+                             f"some, got {self.val_fraction}")
+        n_real = self.real_train - unet.val_count(self.real_train, self.val_fraction)
+        if n_real < 1:
+            raise ValueError(f"val_fraction {self.val_fraction} leaves no real training pair of {self.real_train}")
+        for fractions, counting in ((self.fractions, "training-set"), (self.paper_fractions, "paper")):
+            for f in fractions[-1:]:
+                needed = unet.synthetic_count(n_real, f, counting=counting, paper_real=self.paper_real)
+                if needed > self.pool:
+                    raise ValueError(f"a {100 * f:g} % share ({counting} counting) of {n_real} real training pairs "
+                                     f"needs {needed} synthetic pairs; raise pool (now {self.pool})")
         if self.unet_preset not in unet.PRESETS:
             raise ValueError(f"unet_preset must be one of {', '.join(sorted(unet.PRESETS))}, got {self.unet_preset!r}")
         # Full taxonomy names (short ones accepted): the experiment's results are keyed by them.
@@ -132,7 +165,7 @@ class ReportConfig:
 
 def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     """Write OUT/config.json, or check a re-run against it; return the settings."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "stages", "threads")}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "stages", "threads", "jobs")}
     settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
     # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
     settings["data_manifest_sha256"] = hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest()
@@ -298,34 +331,54 @@ def write_subset(ds: StudioDataset, samples: list[Sample], *, out: Path) -> Path
 def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
     from fundus_studio.generate import sample_dataset
 
+    start = time.perf_counter()
     ds = StudioDataset.open(cfg.data)
     train, test = split_real(ds, count=cfg.real_train, test_count=cfg.test_count, seed=cfg.seed)
     data = cfg.out / "data"
     real_dir = write_subset(ds, train, out=data / "real-train")
     test_dir = write_subset(ds, test, out=data / "test")
-    pools = {
-        # The paper's pairs: its ACGAN, whatever the folder's default generator.
-        "acgan-spade": sample_dataset(data / "acgan-spade", count=cfg.pool, grade=None, seed=cfg.seed,
-                                      size=cfg.synthetic_size, checkpoints=cfg.checkpoints, generator="acgan"),
-        "copy-paste": copy_paste.make_dataset(copy_paste.CopyPasteConfig(
-            real=real_dir, out=data / "copy-paste", count=cfg.pool, donors=cfg.donors, seed=cfg.seed)),
-    }
+    generator = Studio.from_checkpoints(cfg.checkpoints).generator_name(cfg.generator)
+    needs = set(cfg.sources) | ({"generated"} if cfg.paper_fractions else set())
+    pools: dict[str, Path] = {}
+    if needs & {"generated", "combined"}:
+        pools["generated"] = sample_dataset(data / f"{generator}-spade", count=cfg.pool, grade=None, seed=cfg.seed,
+                                            size=cfg.synthetic_size, checkpoints=cfg.checkpoints, generator=generator)
+    if needs & {"copy-paste", "combined"}:
+        pools["copy-paste"] = copy_paste.make_dataset(copy_paste.CopyPasteConfig(
+            real=real_dir, out=data / "copy-paste", count=cfg.pool, donors=cfg.donors, seed=cfg.seed))
+    # "combined": every run's synthetic count split evenly between the generated and copy-paste pools.
+    source_pools = {"generated": (pools.get("generated"),), "copy-paste": (pools.get("copy-paste"),),
+                    "combined": (pools.get("generated"), pools.get("copy-paste"))}
+    # Two runs at once on one thread each: the small U-Nets scale worse across threads than across processes.
+    run_threads = cfg.threads if cfg.jobs == 1 else max(1, (cfg.threads or os.cpu_count() or 1) // cfg.jobs)
+
+    def experiment(source: str, out: Path, fractions: tuple[float, ...], counting: str) -> dict[str, Any]:
+        exp = mix_experiment.ExperimentConfig(
+            real=(real_dir,), synthetic=tuple(p for p in source_pools[source] if p is not None), test=test_dir,
+            out=out, classes=cfg.classes, fractions=fractions, seeds=cfg.seeds, preset=cfg.unet_preset,
+            steps=cfg.unet_steps, share_counting=counting, paper_real=cfg.paper_real, val_fraction=cfg.val_fraction,
+            jobs=cfg.jobs, threads=run_threads)
+        mix_experiment.run(exp)
+        return json.loads((exp.out / "results.json").read_text())
+
     experiments: dict[str, Any] = {}
-    for source, pool in pools.items():
+    for source in DOWNSTREAM_SOURCES:
+        if source not in cfg.sources:
+            continue
         # The real-only runs (share 0) do not depend on the pool: they are trained once, with the first source.
         fractions = cfg.fractions if not experiments else tuple(f for f in cfg.fractions if f > 0)
-        if not fractions:
-            continue
-        exp = mix_experiment.ExperimentConfig(
-            real=(real_dir,), synthetic=pool, test=test_dir, out=cfg.out / "downstream" / source,
-            classes=cfg.classes, fractions=fractions, seeds=cfg.seeds, preset=cfg.unet_preset,
-            steps=cfg.unet_steps, threads=cfg.threads)
-        mix_experiment.run(exp)
-        experiments[source] = json.loads((exp.out / "results.json").read_text())
+        if fractions:
+            experiments[source] = experiment(source, cfg.out / "downstream" / source, fractions, "training-set")
+    # The paper-faithful rows: the generated source, counted as Son et al.'s table counts (its own table).
+    paper = {"generated": experiment("generated", cfg.out / "downstream" / "paper-generated", cfg.paper_fractions,
+                                     "paper")} if cfg.paper_fractions else {}
+    first = next(iter(experiments.values()))
     return {"real_train": len(train), "test": len(test), "pool": cfg.pool, "test_data": str(test_dir),
-            "real_data": str(real_dir), "pools": {k: str(v) for k, v in pools.items()},
+            "real_data": str(real_dir), "generator": generator, "pools": {k: str(v) for k, v in pools.items()},
+            "val_fraction": cfg.val_fraction, "paper_real": cfg.paper_real,
             "summary": {source: e["summary"] for source, e in experiments.items()},
-            "run_config": next(iter(experiments.values()))["config"] if experiments else None}
+            "paper_summary": {source: e["summary"] for source, e in paper.items()},
+            "run_config": first["config"], "seconds_this_invocation": round(time.perf_counter() - start, 1)}
 
 
 # --- the whole report -----------------------------------------------------------------------------
@@ -368,8 +421,9 @@ def run(cfg: ReportConfig, *, command: str = "") -> Path:
     if "renders" in report:
         report_plots.render_iou(report["renders"], cfg.out / "render_iou.png")
     if "downstream" in report:
-        report_plots.downstream(report["downstream"]["summary"], fractions=cfg.fractions, classes=cfg.classes,
-                                sources=SOURCES, path=cfg.out / "downstream.png")
+        down = report["downstream"]
+        report_plots.downstream(down["summary"], fractions=cfg.fractions, classes=cfg.classes,
+                                sources=source_labels(down["generator"]), path=cfg.out / "downstream.png")
     _write(cfg.out / "report.json", finite(report))
     path = cfg.out / "REPORT.md"
     with atomic_write(path, "w") as fh:
