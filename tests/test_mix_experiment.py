@@ -80,5 +80,6 @@ def test_trainer_args_pass_every_pool_the_counting_and_the_validation_split(tmp_
     run = unet.parse_args(mix_experiment.trainer_args(cfg, 0.25, 1))
     assert run.synthetic == (data["synthetic"], data["test"]) and run.seed == 1
     assert (run.share_counting, run.paper_real, run.val_fraction, run.val_split) == ("paper", 40, 0.25, "grade")
+    assert not run.tensorboard  # dozens of short runs: metrics.csv only
     assert mix_experiment.ExperimentConfig(real=(data["real"],), synthetic=(data["synthetic"],), test=data["test"],
                                            out=tmp_path).seeds == 5  # the default: five seeds per share

@@ -81,7 +81,9 @@ def trainer_args(cfg: ExperimentConfig, fraction: float, seed: int) -> list[str]
     for flag, value in (("--steps", cfg.steps), ("--threads", cfg.threads), ("--device", cfg.device)):
         if value is not None:
             argv += [flag, str(value)]
-    fixed = [f"val_split={cfg.val_split}", f"share_counting={cfg.share_counting}", f"paper_real={cfg.paper_real}"]
+    # No TensorBoard: dozens of short runs, each writer costs seconds to open; metrics.csv holds the same scalars.
+    fixed = [f"val_split={cfg.val_split}", f"share_counting={cfg.share_counting}", f"paper_real={cfg.paper_real}",
+             "tensorboard=false"]
     return argv + [a for o in (*fixed, *cfg.overrides) for a in ("--set", o)]
 
 

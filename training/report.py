@@ -99,7 +99,7 @@ class ReportConfig:
     style_count: int = 30  # renders: of those, how many are also rendered at the data's side in their photo's style
     segmenter: Path | None = None  # renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)
     real_train: int = 50  # downstream: scarce real pairs, stratified by grade (val_fraction of them validate)
-    test_count: int = 200  # downstream: cap on the test pairs (0 = every pair not in the real training set)
+    test_count: int = 100  # downstream: cap on the test pairs (0 = every pair not in the real training set)
     pool: int = 200  # downstream: pairs in each synthetic pool (≥ what the largest share needs)
     synthetic_size: int = 256  # downstream: side of the generated pairs (the U-Net presets train at 256)
     donors: int = 2  # downstream: same-grade pairs whose lesions each copy-paste sample gets

@@ -114,6 +114,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the U-Net
     channels_last: bool = True  # NHWC: about 2× faster convolutions on CPU (PERF.md)
     threads: int = 0  # torch CPU threads per process; 0 = torch's default (1 on a busy shared machine)
+    tensorboard: bool = True  # also RUN/tensorboard (unless --no-tensorboard); the experiment's short runs skip it
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "log_every", "val_every", "sample_every", "sample_rows", "snapshot_every"):
@@ -477,7 +478,8 @@ def train(cfg: TrainConfig) -> Path:
     # Build.
     harness.set_threads(cfg.threads)
     dist = harness.init_distributed(device=cfg.device)
-    run = harness.Run(cfg.out, kind="unet", config=cfg, architecture={"model": cfg.model}, dist=dist, preset=cfg.preset)
+    run = harness.Run(cfg.out, kind="unet", config=cfg, architecture={"model": cfg.model}, dist=dist, preset=cfg.preset,
+                      tensorboard=None if cfg.tensorboard else False)
     dev = dist.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     real = concat([harness.load_pairs(d, resolution=cfg.resolution, downsample=cfg.downsample) for d in cfg.data])
