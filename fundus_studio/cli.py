@@ -225,7 +225,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--segmenter", type=Path, default=None,
                    help="renders: U-Net trained on real photos (default CHECKPOINTS/unet.safetensors)")
     p.add_argument("--real-train", type=_positive, default=50, help="downstream: real training pairs (default 50)")
-    p.add_argument("--test-count", type=int, default=100, help="downstream: cap on test pairs (default 100; 0: the rest)")
+    p.add_argument("--test-count", type=int, default=100,
+                   help="downstream: cap on test pairs (default 100; 0: the rest)")
     p.add_argument("--pool", type=_positive, default=200, help="downstream: pairs per synthetic pool (default 200)")
     p.add_argument("--generator", default=None,
                    help="downstream: label-map generator of the generated pool (default: the folder's default)")

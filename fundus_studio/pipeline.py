@@ -409,8 +409,8 @@ class Segmenter:
         unet = load_model(path, expected=UNet)
         thresholds = cls.recorded_thresholds(info, classes=unet.config.classes,  # type: ignore[attr-defined]
                                             where=str(paths_for(path)[1]))
-        return cls(unet, threshold=thresholds, resolution=resolution if isinstance(resolution, int) else None,  # type: ignore[arg-type]
-                   device=device)
+        side = resolution if isinstance(resolution, int) else None
+        return cls(unet, threshold=thresholds, resolution=side, device=device)  # type: ignore[arg-type]
 
     @property
     def classes(self) -> tuple[int, ...]:

@@ -292,7 +292,8 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
         "grade_accuracy", "grade_kappa", "plausible_disc", "vessel_share", "connectivity", "vessel_width",
         "lesion_share_2", "lesion_share_3", "lesion_share_4", "lesion_free_0", "diversity", "memorisation",
         "iou_optic_disc", "iou_vessel", "iou_haemorrhage", "iou_hard_exudate",
-        *(f"{k}_{c}" for k in ("downstream", "downstream_vs_copy_paste", "recall") for c in ("hard_exudate", "haemorrhage")),
+        *(f"{k}_{c}" for k in ("downstream", "downstream_vs_copy_paste", "recall")
+          for c in ("hard_exudate", "haemorrhage")),
         "own_style_flat", "own_style_texture", "real_colour:skimage.data.retina (CC0)",
         "real_texture:skimage.data.retina (CC0)"}
     assert data["renders"]["own_style"]["count"] == 5  # style_count (30) capped by the render stage's 5 pairs

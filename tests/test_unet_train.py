@@ -105,7 +105,8 @@ def test_choose_synthetic_is_seeded_nested_and_refuses_a_small_pool() -> None:
         unet.choose_synthetic(50, count=90, seed=0)
 
 
-@pytest.mark.parametrize(("n_real", "expected"), [(54, [246, 738, 2214]), (40, [182, 547, 1640]), (738, [3362, 10086, 30258])])
+@pytest.mark.parametrize(("n_real", "expected"),
+                         [(54, [246, 738, 2214]), (40, [182, 547, 1640]), (738, [3362, 10086, 30258])])
 def test_paper_counting_reproduces_the_papers_rows(n_real: int, expected: list[int]) -> None:
     """Son et al.'s rows (246 / 738 / 2214 synthetic) read against IDRiD's 54 training images, and the
     same ratios to other real sets; the paper's counts are also our share of a 738-unit training set."""

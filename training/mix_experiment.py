@@ -161,8 +161,8 @@ def summarise(runs: list[dict[str, Any]], *, classes: list[str], fractions: tupl
         for f in fractions:
             mine = [r for r in runs if r["fraction"] == f]
             out[name][f"{f:g}"] = {
-                **{agg: {m: _stats([r["metrics"][agg][m][name] for r in mine]) for m in (*TABLE_METRICS, "iou", "auprc")}
-                   for agg in AGGREGATIONS},
+                **{agg: {m: _stats([r["metrics"][agg][m][name] for r in mine])
+                         for m in (*TABLE_METRICS, "iou", "auprc")} for agg in AGGREGATIONS},
                 "threshold": _stats([(r.get("thresholds") or {}).get(name) for r in mine]),
                 "sizes": sorted({(r["train_data"]["n_real"], r["train_data"]["n_synthetic"]) for r in mine})}
     return out

@@ -209,9 +209,9 @@ def downstream_targets(result: dict[str, Any], *, classes: tuple[str, ...]) -> l
         else:
             b, m = base["pooled"]["f1"], mixed["pooled"]["f1"]
             if None in (b["mean"], m["mean"], b["sd"], m["sd"]):
-                out.append(_target(f"downstream_{name}", what=what, measured=f"{number(m['mean'])} − {number(b['mean'])}; "
-                                   "undefined spread (needs ≥ 2 seeds and defined F1)", wanted="> one sd across seeds",
-                                   met=None))
+                out.append(_target(f"downstream_{name}", what=what,
+                                   measured=f"{number(m['mean'])} − {number(b['mean'])}; undefined spread (needs ≥ 2 "
+                                   "seeds and defined F1)", wanted="> one sd across seeds", met=None))
             else:
                 sd, gain = max(b["sd"], m["sd"]), m["mean"] - b["mean"]
                 out.append(_target(f"downstream_{name}", what=what, measured=f"{m['mean']:.3f} − {b['mean']:.3f} = "
