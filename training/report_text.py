@@ -29,8 +29,12 @@ LESION_SHARE_GRADES = (2, 3, 4)
 LESION_FREE_TARGET = 0.95  # grade-0 maps without any lesion pixel
 DIVERSITY_RATIO_TARGET = 0.7  # within-grade diversity, generated / real, every grade
 MEMORISATION_RATIO_TARGET = 0.8  # median nearest-training-map distance, generated / held-out real
-IOU_RATIO_TARGET = 0.8
-IOU_TARGET_CLASSES: tuple[int, ...] = (labels.OPTIC_DISC, labels.VESSEL, labels.HAEMORRHAGE, labels.HARD_EXUDATE)
+# Render / real-photo IoU of the segmenter, per class (issue 12): large structures must come out as
+# recognisable as in photos; the smallest lesions, which a 256² render draws in a pixel or two, less so.
+IOU_RATIO_TARGETS: dict[int, float] = {
+    labels.OPTIC_DISC: 0.9, labels.VESSEL: 0.9, labels.HAEMORRHAGE: 0.9, labels.HARD_EXUDATE: 0.85,
+    labels.MICROANEURYSM: 0.6, labels.NEOVASCULARISATION: 0.5, labels.IRMA: 0.5,
+}
 DOWNSTREAM_TARGET_FRACTION = 0.25
 # Issue 13: at that share generated data is not below copy-paste, and recall at this share stays within
 # RECALL_DROP_LIMIT of real-only's (the paper's weakness: 0.469 → 0.399 at 75 %).
@@ -169,17 +173,17 @@ def style_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for k in IOU_TARGET_CLASSES:
+    for k, target in IOU_RATIO_TARGETS.items():
         name = labels.NAMES[k]
         what = f"{name} IoU on renders / on real photos"
         if name not in result["segmenter_classes"]:
             out.append(_target(f"iou_{name}", what=what, measured=f"not measured (the segmenter does not predict "
-                               f"{name})", wanted=f"≥ {IOU_RATIO_TARGET}", met=None))
+                               f"{name})", wanted=f"≥ {target} ×", met=None))
             continue
         real, render = (result["segmentation"][s]["pooled"]["iou"][name] for s in ("real", "render"))
         ratio = _ratio(render, real)
         out.append(_target(f"iou_{name}", what=what, measured=f"{number(render)} / {number(real)} = {number(ratio, 2)}",
-                           wanted=f"≥ {IOU_RATIO_TARGET}", met=None if ratio is None else ratio >= IOU_RATIO_TARGET))
+                           wanted=f"≥ {target} ×", met=None if ratio is None else ratio >= target))
     return out + style_targets(result)
 
 
