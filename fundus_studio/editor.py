@@ -29,9 +29,59 @@ def hex_color(index: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def paintable_classes() -> tuple[labels.LabelClass, ...]:
+    """The classes a brush paints (every class but ``outside``), in taxonomy order."""
+    return tuple(c for c in labels.CLASSES if c.index != labels.OUTSIDE)
+
+
 def brush_colors() -> list[str]:
-    """One fixed brush colour per paintable class (every class but ``outside``), in taxonomy order."""
-    return [hex_color(c.index) for c in labels.CLASSES if c.index != labels.OUTSIDE]
+    """One fixed brush colour per paintable class, in taxonomy order."""
+    return [hex_color(c.index) for c in paintable_classes()]
+
+
+# --- brushes ------------------------------------------------------------------------------------
+# Each class has its own brush, sized in disc diameters (DD) like the lesions themselves, so that one
+# brush stroke of a class looks like one typical lesion or structure of that class at any canvas size.
+
+# Default brush diameter of each paintable class, in DD (1 DD ≈ 1.8 mm on the retina). A microaneurysm
+# is under 125 µm (≤ 0.07 DD), dot haemorrhages and cotton-wool spots are a few times wider, main vessels
+# ~0.08 DD at the disc; the large regions get broad brushes for filling and for erasing lesions back.
+BRUSH_SIZES_DD: dict[str, float] = {
+    "retina": 0.5,
+    "optic_disc": 0.4,
+    "vessel": 0.08,
+    "microaneurysm": 0.03,
+    "haemorrhage": 0.25,
+    "hard_exudate": 0.08,
+    "soft_exudate": 0.3,
+    "neovascularisation": 0.05,
+    "irma": 0.05,
+}
+# The editor's brush-size bounds (its own size slider runs 1..100): a brush size is a radius in map px.
+MIN_BRUSH_PX, MAX_BRUSH_PX = 1, 100
+# Keys that pick the paintable classes, in taxonomy order (as on a keyboard's top row).
+CLASS_KEYS: tuple[str, ...] = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "0")
+
+
+def brush_radius_px(size_dd: float, *, canvas_size: int) -> int:
+    """The editor's brush size (a radius in map pixels) for a brush ``size_dd`` disc diameters across on a
+    ``canvas_size``² map, whose disc diameter is the nominal one of its side; at least one pixel."""
+    from fundus_studio.phantom import nominal_disc_diameter
+
+    if not size_dd > 0:
+        raise InputError(f"brush size must be positive, got {size_dd} DD")
+    radius = round(size_dd * nominal_disc_diameter(canvas_size) / 2)
+    return int(min(MAX_BRUSH_PX, max(MIN_BRUSH_PX, radius)))
+
+
+def default_brush_sizes(*, canvas_size: int) -> dict[str, int]:
+    """Every paintable class's default brush size (radius, map px) at ``canvas_size``."""
+    return {c.name: brush_radius_px(BRUSH_SIZES_DD[c.name], canvas_size=canvas_size) for c in paintable_classes()}
+
+
+def class_keys() -> dict[str, str]:
+    """Key → class name for the keys that pick classes: 1–9 then 0, in taxonomy order."""
+    return dict(zip(CLASS_KEYS, (c.name for c in paintable_classes())))
 
 
 def blank_template(*, size: int) -> np.ndarray:

@@ -103,6 +103,48 @@ def test_brush_colours_cover_every_paintable_class() -> None:
     assert editor.hex_color(labels.OUTSIDE) not in cols
 
 
+# --- brushes ----------------------------------------------------------------------------------------
+
+
+def test_every_paintable_class_has_a_brush_size_and_a_key_in_taxonomy_order() -> None:
+    names = [c.name for c in editor.paintable_classes()]
+    assert "outside" not in names and len(names) == labels.NUM_CLASSES - 1
+    assert set(editor.BRUSH_SIZES_DD) == set(names)
+    keys = editor.class_keys()
+    assert list(keys.values()) == names[:len(editor.CLASS_KEYS)]
+    assert list(keys) == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"][:len(keys)]
+
+
+@pytest.mark.parametrize("canvas_size", [128, 256, 512, 1024])
+def test_brush_radius_follows_the_disc_diameter(canvas_size: int) -> None:
+    from fundus_studio.phantom import nominal_disc_diameter
+
+    dd = nominal_disc_diameter(canvas_size)
+    assert editor.brush_radius_px(1.0, canvas_size=canvas_size) == round(dd / 2)  # 1 DD across: radius DD/2
+    assert editor.brush_radius_px(1e-3, canvas_size=canvas_size) == editor.MIN_BRUSH_PX  # never below a pixel
+    assert editor.brush_radius_px(1e3, canvas_size=canvas_size) == editor.MAX_BRUSH_PX  # the editor's largest
+    sizes = editor.default_brush_sizes(canvas_size=canvas_size)
+    assert set(sizes) == set(editor.BRUSH_SIZES_DD)
+    assert all(editor.MIN_BRUSH_PX <= px <= editor.MAX_BRUSH_PX and isinstance(px, int) for px in sizes.values())
+    # A microaneurysm's brush is the smallest, a haemorrhage's and a cotton-wool spot's larger.
+    assert sizes["microaneurysm"] == min(sizes.values())
+    assert sizes["microaneurysm"] < sizes["haemorrhage"] and sizes["microaneurysm"] < sizes["soft_exudate"]
+
+
+def test_brush_sizes_scale_with_the_canvas() -> None:
+    small, large = (editor.default_brush_sizes(canvas_size=n) for n in (256, 512))
+    assert large["haemorrhage"] == pytest.approx(2 * small["haemorrhage"], abs=1)
+    assert large["retina"] == pytest.approx(2 * small["retina"], abs=1)
+    # At the users' 512² a microaneurysm brush paints a dot ~2 px across, a haemorrhage one ~16 px.
+    assert large["microaneurysm"] == 1 and 6 <= large["haemorrhage"] <= 10
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan")])
+def test_a_brush_size_must_be_positive(bad: float) -> None:
+    with pytest.raises(InputError, match="must be positive"):
+        editor.brush_radius_px(bad, canvas_size=512)
+
+
 # --- lesion stamps ----------------------------------------------------------------------------------
 
 
