@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import re
@@ -68,6 +69,7 @@ HEALTHY_SEED = 0  # Paint opens on the grade-0 sample of this seed from the defa
 EXPORT_FORMATS: dict[str, str | None] = {"Studio dataset": None, "nnU-Net v2": "nnunet", "IDRiD layout": "idrid"}
 EXPORT_ZIP_NAMES: dict[str, str] = {"nnU-Net v2": "fundus-studio-nnunet", "IDRiD layout": "fundus-studio-idrid"}
 STAMP_OFF = "off (paint with the brush)"
+FIRST_CLASS = "haemorrhage"  # the class the brush paints when Paint opens
 MAX_STAMP_UNDO = 32  # stamps a user can take back, per tab
 STYLE_HINT = ("The first render with a new style photo takes a few seconds (its statistics are measured once, "
               "then cached).")
@@ -369,6 +371,58 @@ def stamp_size(kind: str):
     return editor.STAMP_SIZES_DD[kind] if kind in editor.STAMP_SIZES_DD else gr.skip()
 
 
+# --- brushes: one per class -----------------------------------------------------------------------
+# The class is picked beside the canvas (or by its number key), and the canvas's brush is then that class's
+# colour alone at that class's size: the editor's own swatches cannot pick a class behind our back, and a
+# size set for a class is remembered (per tab, in a gr.State) for when the user comes back to it.
+
+
+def class_choices() -> list[tuple[str, str]]:
+    """The class picker's choices, (label showing the key, class name), in taxonomy order."""
+    return [(f"{key} {name}", name) for key, name in editor.class_keys().items()]
+
+
+def brush_for(name: str, size_px: int) -> gr.Brush:
+    """The canvas's brush for class ``name``: its colour only, ``size_px`` map pixels in radius."""
+    colour = editor.hex_color(labels.INDEX[name])
+    return gr.Brush(colors=[colour], default_color=colour, color_mode="fixed", default_size=int(size_px))
+
+
+def pick_class(name: str, sizes: dict[str, int]):
+    """A class picked (its button or its number key): the brush takes its colour and its remembered size →
+    (canvas update, size slider). Only the brush changes: the canvas keeps its strokes."""
+    if name not in sizes:
+        return gr.skip(), gr.skip()
+    return gr.ImageEditor(brush=brush_for(name, sizes[name])), sizes[name]
+
+
+def set_brush_size(name: str, size_px: float, sizes: dict[str, int]):
+    """The size slider moved: the brush takes the size, remembered for the class → (canvas update, sizes)."""
+    if name not in sizes or size_px is None:
+        return gr.skip(), gr.skip()
+    px = int(min(editor.MAX_BRUSH_PX, max(editor.MIN_BRUSH_PX, round(float(size_px)))))
+    return gr.ImageEditor(brush=brush_for(name, px)), {**sizes, name: px}
+
+
+def class_keys_js() -> str:
+    """Page-load JavaScript: a number key picks its class (``editor.class_keys``) by clicking that class's button in
+    ``#paint-class``, unless the user is typing in a text field or Paint is not shown."""
+    keys = json.dumps(list(editor.class_keys()))
+    return f"""() => {{
+  const keys = {keys};  // the n-th key picks the n-th choice of #paint-class (both from editor.class_keys)
+  document.addEventListener("keydown", (event) => {{
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const t = event.target;
+    const typing = t.isContentEditable || ["TEXTAREA", "SELECT"].includes(t.tagName) ||
+      (t.tagName === "INPUT" && !["radio", "checkbox", "range", "button"].includes(t.type));
+    const choice = document.querySelectorAll("#paint-class input[type=radio]")[keys.indexOf(event.key)];
+    if (typing || !choice || choice.offsetParent === null) return;  // offsetParent: null while Paint is hidden
+    event.preventDefault();
+    choice.click();
+  }});
+}}"""
+
+
 @_guarded
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
                   opacity: float, source: dict | None = None, mode: str = MODE_SYNTH):
@@ -667,16 +721,24 @@ def build_demo() -> gr.Blocks:
                 current = gr.State(None)  # the painted map ...
                 photo_now = gr.State(None)  # ... and its render, as shown
                 stamps = gr.State([])  # maps before each stamp, for "Undo stamp"
+                first_sizes = editor.default_brush_sizes(canvas_size=CANVAS_SIZE)
+                brush_sizes = gr.State(first_sizes)  # class name → brush radius (map px), per tab
                 with gr.Row():
                     # The canvas gets the wider column and a tall editor: at a 1400-px window the 512² map is
                     # shown near 1:1, so a microaneurysm (a few px) stays visible and paintable.
                     with gr.Column(scale=3):
+                        with gr.Row():
+                            paint_class = gr.Radio(class_choices(), value=FIRST_CLASS, label="Paint class",
+                                                   info="or press its number key", elem_id="paint-class", scale=4)
+                            brush_px = gr.Slider(editor.MIN_BRUSH_PX, editor.MAX_BRUSH_PX, step=1,
+                                                 value=first_sizes[FIRST_CLASS],
+                                                 label="Brush size (radius, map px)", info="remembered per class",
+                                                 elem_id="brush-size", scale=1, min_width=180)
                         canvas = gr.ImageEditor(
                             value=editor.editor_value(editor.blank_template(size=CANVAS_SIZE)),
                             type="numpy", image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
                             fixed_canvas=True, sources=(), transforms=(), layers=False, format="png",
-                            brush=gr.Brush(colors=editor.brush_colors(), color_mode="fixed",
-                                           default_color=editor.hex_color(labels.HAEMORRHAGE), default_size=8),
+                            brush=brush_for(FIRST_CLASS, first_sizes[FIRST_CLASS]),
                             eraser=gr.Eraser(default_size=12), label="Label map", elem_id="canvas",
                             height=CANVAS_HEIGHT,
                         )
@@ -780,6 +842,14 @@ def build_demo() -> gr.Blocks:
         shown.select(stamp, [current, base, stamp_kind, stamp_dd, stamps, seed, style, view, opacity, *editing],
                      [canvas, base, stamps, stamp_msg, *rendered], api_visibility="private")
         stamp_kind.change(stamp_size, stamp_kind, stamp_dd, api_visibility="private")
+        # The brush follows a class change only with the server's answer: past the queue (not behind renders),
+        # and without a progress veil, which would cover the canvas and swallow the next stroke.
+        paint_class.change(pick_class, [paint_class, brush_sizes], [canvas, brush_px], api_visibility="private",
+                           show_progress="hidden", queue=False)
+        # `.input`: only the user's own moves are remembered, not the slider set by a class change.
+        brush_px.input(set_brush_size, [paint_class, brush_px, brush_sizes], [canvas, brush_sizes],
+                       api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False)
+        demo.load(None, None, None, js=class_keys_js())  # number keys pick classes
         undo_btn.click(undo_stamp, [stamps, seed, style, view, opacity, *editing],
                        [canvas, base, stamps, stamp_msg, *rendered], api_visibility="private")
         suggest_threshold.change(suggestion_view, [edit_src, suggest_threshold], [suggest_img, suggest_msg],

@@ -158,6 +158,31 @@ def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
     assert app.stamp_size("microaneurysm") == app.editor.STAMP_SIZES_DD["microaneurysm"]
 
 
+def test_each_class_brings_back_its_own_brush_size(app) -> None:
+    import gradio as gr
+
+    sizes = app.editor.default_brush_sizes(canvas_size=SIZE)
+    update, shown = app.pick_class("microaneurysm", sizes)
+    assert shown == sizes["microaneurysm"] and update.brush.default_size == sizes["microaneurysm"]
+    colour = app.editor.hex_color(labels.MICROANEURYSM)
+    assert update.brush.colors == [colour] and update.brush.default_color == colour  # the class's colour alone
+    update, sizes = app.set_brush_size("haemorrhage", 7.4, sizes)  # the slider, while haemorrhage is picked
+    assert update.brush.default_size == 7 and sizes["haemorrhage"] == 7
+    assert app.pick_class("microaneurysm", sizes)[1] == sizes["microaneurysm"]  # its default, untouched
+    assert app.pick_class("haemorrhage", sizes)[1] == 7
+    assert app.set_brush_size("vessel", 1e6, sizes)[1]["vessel"] == app.editor.MAX_BRUSH_PX
+    assert app.pick_class("outside", sizes) == (gr.skip(), gr.skip())  # not a paintable class
+
+
+def test_number_keys_come_from_the_taxonomy(app) -> None:
+    choices = app.class_choices()
+    assert [value for _, value in choices] == [c.name for c in app.editor.paintable_classes()]
+    assert [label.split()[0] for label, _ in choices] == list(app.editor.class_keys())
+    js = app.class_keys_js()
+    assert all(f'"{key}"' in js for key in app.editor.class_keys())
+    assert not any(name in js for name in labels.NAMES)  # the script knows keys and positions, no class list
+
+
 def _far_from(changed: np.ndarray, px: int = 16) -> np.ndarray:
     import cv2
 
