@@ -135,6 +135,8 @@ def test_init_starts_a_new_run_from_an_exported_renderer(styled_run: Path, datas
     spade.train(cfg)
     log = (tmp_path / "ft" / "log.txt").read_text()
     assert log.count("initialised G and E from") == 1 and metric_steps(tmp_path / "ft") == [1, 2, 3, 4]
+    init = json.loads((tmp_path / "ft" / "spade.json").read_text())["data"]["init"]  # the checkpoint names its start
+    assert init["sha256"] == json.loads((styled_run / "spade.json").read_text())["sha256"] and init["step"] == 4
 
 
 def test_init_refuses_a_renderer_of_another_architecture(styled_run: Path, dataset: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fundus_studio.checkpoint import config_to_dict
+from fundus_studio.checkpoint import config_to_dict, read_info
 from fundus_studio.labels import COLORS, FINE_STRUCTURES, NUM_CLASSES
 from fundus_studio.models.spade import (
     SPADE_PRESETS, MultiscalePatchDiscriminator, PatchDiscriminatorConfig, SpadeGenerator, SpadeGeneratorConfig,
     StyleEncoder, StyleEncoderConfig, reparameterize,
 )
 from fundus_studio.errors import CheckpointError
+from fundus_studio.imageio import atomic_write
 from fundus_studio.pipeline import Renderer, tensor_to_photo
 from training import harness
 from training.harness.data import DOWNSAMPLE_MODES
@@ -258,6 +260,8 @@ def sample_grid(g: SpadeGenerator, encoder: StyleEncoder | None, photo: torch.Te
 
 # --- training -----------------------------------------------------------------------------------
 
+INIT_FILE = "init.json"  # RUN/init.json: the checkpoint a fine-tuning run started from
+
 
 def load_exported(module: nn.Module, exported: dict[str, torch.Tensor]) -> None:
     """Load an exported state dict (spectral norm folded into plain ``weight``s) into a module that
@@ -323,8 +327,14 @@ def train(cfg: TrainConfig) -> Path:
 
     # Resume (or start from a shipped renderer).
     start = run.resume(state, require=cfg.resume)
+    init_file = cfg.out / INIT_FILE
     if start == 0 and cfg.init is not None:
         init_from(cfg.init, G=G, E=E, G_ema=G_ema)
+        source = read_info(cfg.init)  # recorded now: the file at that path may be replaced later
+        if dist.is_main:
+            with atomic_write(init_file, "w") as fh:
+                json.dump({"checkpoint": str(cfg.init), "sha256": source.get("sha256"), "step": source.get("step"),
+                           "created_by": source.get("created_by")}, fh, indent=2)
         run.log.info("initialised G%s from %s", " and E" if E is not None else "", cfg.init)
     G_ddp, D_ddp = dist.wrap(G), dist.wrap(D)
     E_ddp = dist.wrap(E) if E is not None else None
@@ -409,6 +419,8 @@ def train(cfg: TrainConfig) -> Path:
 
     # Snapshot: the inference checkpoints (spectral norm NOT folded: the pipeline folds after loading).
     data = {**pairs.description, "downsample": cfg.downsample, "training": "spade", "preset": cfg.preset}
+    if init_file.is_file():  # a fine-tuned renderer names what it started from
+        data["init"] = json.loads(init_file.read_text())
     path = run.export(G_ema if G_ema is not None else G, name="spade", data=data, step=state.step, metrics=last,
                       export_to=cfg.export_to)
     if E is not None:
