@@ -70,11 +70,31 @@ def _result(task_type: str, task_name: str, dataset: str, metrics: list[dict[str
             "dataset": {"type": PHANTOM_DATA, "name": dataset}, "metrics": metrics}
 
 
+def _downstream_result(down: dict[str, Any]) -> dict[str, Any]:
+    """The downstream U-Nets' pooled F1 per source and share (older reports key the generated pairs
+    "acgan-spade", newer ones "generated" with the generator named beside)."""
+    summary = down["summary"]
+    generated = f"{down.get('generator', 'acgan')} + SPADE"
+    names = {"acgan-spade": "ACGAN + SPADE", "generated": generated, "copy-paste": "copy-paste",
+             "combined": f"{generated} + copy-paste"}
+    metrics = []
+    for source, by_class in summary.items():
+        for cls, by_fraction in by_class.items():
+            for fraction, stats in by_fraction.items():
+                if float(fraction) == 0 and source not in ("acgan-spade", "generated"):
+                    continue  # real only: listed once
+                what = "real only" if float(fraction) == 0 else f"real + {float(fraction):.0%} {names.get(source, source)}"
+                metrics.append(_metric("f1", f"{cls} F1 (pooled, mean of seeds), {what}", stats["pooled"]["f1"]["mean"]))
+    return _result("image-segmentation", "downstream U-Net trained on real + synthetic pairs",
+                   f"{down['test']} held-out phantoms", metrics)
+
+
 def model_index(folder: Path, report: dict[str, Any]) -> list[dict[str, Any]]:
     """Hub ``model-index``: the report's figures, and the checkpoints' own validation figures."""
     held_out = f"{report['data']['count']} held-out phantoms ({report['data']['path']})"
     fidelity = report["labels"]["grade_fidelity"]
-    results = [_result("image-generation", "grade-conditioned label maps (ACGAN)", held_out, [
+    generator = report["labels"].get("generator", "acgan")
+    results = [_result("image-generation", f"grade-conditioned label maps ({generator})", held_out, [
         _metric("accuracy", "grade-classifier accuracy on generated maps", fidelity["generated"]["accuracy"]),
         _metric("accuracy", "grade-classifier accuracy on held-out real maps", fidelity["heldout_real"]["accuracy"]),
         _metric("cohen_kappa", "quadratic-weighted kappa on generated maps", fidelity["generated"]["kappa"]),
@@ -88,17 +108,8 @@ def model_index(folder: Path, report: dict[str, Any]) -> list[dict[str, Any]]:
         render_metrics.append(_metric("iou", f"U-Net IoU on real photos, {name}", iou["real"]["pooled"]["iou"][name]))
     results.append(_result("image-to-image", "label map to photo (SPADE)",
                            f"{renders['count']} held-out pairs at {renders['resolution']} px", render_metrics))
-    down = report["downstream"]["summary"]
-    downstream = []
-    for cls, by_fraction in down["acgan-spade"].items():
-        for fraction, stats in by_fraction.items():
-            what = "real only" if float(fraction) == 0 else f"real + {float(fraction):.0%} ACGAN + SPADE"
-            downstream.append(_metric("f1", f"{cls} F1 (pooled, mean of seeds), {what}", stats["pooled"]["f1"]["mean"]))
-        for fraction, stats in down.get("copy-paste", {}).get(cls, {}).items():
-            downstream.append(_metric("f1", f"{cls} F1 (pooled, mean of seeds), real + {float(fraction):.0%} copy-paste",
-                                      stats["pooled"]["f1"]["mean"]))
-    results.append(_result("image-segmentation", "downstream U-Net trained on real + synthetic pairs",
-                           f"{report['downstream']['test']} held-out phantoms", downstream))
+    if "downstream" in report:  # a report made without that stage says nothing about it
+        results.append(_downstream_result(report["downstream"]))
     for path in sorted(folder.glob("*.json")):
         info = _load(path)
         metrics = info.get("metrics") or {}
