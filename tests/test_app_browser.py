@@ -54,6 +54,24 @@ def page(browser, server):
     pg.close()
 
 
+def _stamp_map_centre(pg, *, kind: str, message: str, ready: str | None = None) -> None:
+    """Pick the stamp ``kind``, click the centre of the map half of the side-by-side render, and wait
+    for the stamp's ``message`` and for the new render (``ready``: a JS condition awaited before the
+    click, e.g. the kind's default size filled in)."""
+    unstamped = _render_src(pg)
+    pg.locator("#stamp-kind input").click()
+    pg.get_by_role("option", name=kind).click()
+    if ready is not None:
+        pg.wait_for_function(ready)
+    pg.mouse.click(5, 5)  # closes the dropdown
+    img = pg.locator("#render img")
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.25, "y": box["height"] * 0.5})
+    pg.wait_for_function(f"() => (document.querySelector('#stamp-msg')?.innerText || '').includes({message!r})")
+    pg.wait_for_function("(b) => (document.querySelector('#render img')?.getAttribute('src') || '') !== b",
+                         arg=unstamped)
+
+
 def _render_src(pg) -> str:
     return pg.evaluate("() => document.querySelector('#render img')?.getAttribute('src') || ''")
 
@@ -154,16 +172,7 @@ def test_in_photo_edit_mode_pixels_far_from_a_stamp_are_the_photos(page) -> None
     size = photo.shape[0]
     photo = photo[:, size:]  # side by side: map | photo
     # A stamp clicked on the map half, at its centre.
-    unstamped = _render_src(pg)
-    pg.locator("#stamp-kind input").click()
-    pg.get_by_role("option", name="blot_haemorrhage").click()
-    pg.mouse.click(5, 5)
-    img = pg.locator("#render img")
-    box = img.bounding_box()
-    img.click(position={"x": box["width"] * 0.25, "y": box["height"] * 0.5})
-    pg.wait_for_function("() => (document.querySelector('#stamp-msg')?.innerText || '').includes('Stamped a blot')")
-    pg.wait_for_function("(b) => (document.querySelector('#render img')?.getAttribute('src') || '') !== b",
-                         arg=unstamped)
+    _stamp_map_centre(pg, kind="blot_haemorrhage", message="Stamped a blot")
     shown = _image_pixels(pg, "#render img")
     edited, label_colours = shown[:, size:], shown[:, :size]
     from fundus_studio import labels
@@ -321,17 +330,8 @@ def test_a_microaneurysm_stamp_covers_at_least_3_screen_pixels_at_the_default_zo
     # The map's square on screen: its corners are the black "outside" class.
     ys, xs = np.nonzero(before.sum(axis=2) < 30)
     scale = (xs.max() - xs.min() + 1) / USER_SIZE
-    unstamped = _render_src(pg)
-    pg.locator("#stamp-kind input").click()
-    pg.get_by_role("option", name="microaneurysm").click()
-    pg.wait_for_function("() => Number(document.querySelector('#stamp-size input')?.value) === 0.06")
-    pg.mouse.click(5, 5)
-    img = pg.locator("#render img")
-    ibox = img.bounding_box()
-    img.click(position={"x": ibox["width"] * 0.25, "y": ibox["height"] * 0.5})
-    pg.wait_for_function("() => (document.querySelector('#stamp-msg')?.innerText || '').includes('Stamped a micro')")
-    pg.wait_for_function("(b) => (document.querySelector('#render img')?.getAttribute('src') || '') !== b",
-                         arg=unstamped)
+    _stamp_map_centre(pg, kind="microaneurysm", message="Stamped a micro",
+                      ready="() => Number(document.querySelector('#stamp-size input')?.value) === 0.06")
     # The canvas redraws (and its progress veil lifts) on frames of its own after the value arrives: poll its
     # pixels until two shots in a row agree and differ from the first (bounded), no fixed sleep.
     deadline, last = time.monotonic() + TIMEOUT_MS / 1000, None
