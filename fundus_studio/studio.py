@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ import numpy as np
 
 from fundus_studio.errors import CheckpointError, InputError
 from fundus_studio.labels import LESIONS
+from fundus_studio.style import PhotoCache
 
 if TYPE_CHECKING:  # imported where used: they bring OpenCV, and the CLI starts without it
     from fundus_studio.photo_edit import ExtractedPhoto
@@ -112,7 +112,7 @@ class Studio:
         self.checkpoints = Path(checkpoints)
         self.generator = generator
         self._models: dict[str, Any] = {}
-        self._extracted: OrderedDict[tuple[str, int], ExtractedPhoto] = OrderedDict()
+        self._extracted: PhotoCache[ExtractedPhoto] = PhotoCache(size=EXTRACTED_CACHE)
         self._lock = threading.RLock()  # re-entrant: a sampler loads the upsampler while holding it
 
     @classmethod
@@ -239,20 +239,7 @@ class Studio:
         checkpoint is present, the U-Net's lesion probabilities as suggestions, not in the map (it was
         trained on phantoms only). Cached per photo and size: moving the suggestion threshold or
         editing again re-runs nothing."""
-        from fundus_studio.style import check_photo, photo_key
-
-        check_photo(photo)
-        key = (photo_key(photo), size)
-        with self._lock:
-            if key in self._extracted:
-                self._extracted.move_to_end(key)
-                return self._extracted[key]
-        out = self._extract_photo(photo, size=size)
-        with self._lock:
-            self._extracted[key] = out
-            while len(self._extracted) > EXTRACTED_CACHE:
-                self._extracted.popitem(last=False)
-        return out
+        return self._extracted.get(photo, side=size, compute=lambda: self._extract_photo(photo, size=size))
 
     def _extract_photo(self, photo: np.ndarray, *, size: int) -> ExtractedPhoto:
         from fundus_studio.extract import label_map_from_preprocessed

@@ -42,13 +42,17 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
 
 from fundus_studio import labels
 from fundus_studio.errors import InputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -430,36 +434,52 @@ def photo_key(photo: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class StyleCache:
-    """The statistics of the last ``size`` style photos (per side), least recently used dropped first.
+class PhotoCache(Generic[T]):
+    """Results computed from a photo, keyed by its pixels (``photo_key``) and a side; the last
+    ``size`` kept, least recently used dropped first. Thread-safe; two requests for the same new
+    photo may both compute it (the result is the same)."""
 
-    Thread-safe; two requests for the same new photo may both compute it (the result is the same).
-    """
-
-    def __init__(self, *, size: int = DEFAULT.cache_size, config: StyleConfig = DEFAULT) -> None:
+    def __init__(self, *, size: int) -> None:
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
-        self.size, self.config = size, config
-        self._items: OrderedDict[tuple[str, int], StyleStats] = OrderedDict()
+        self.size = size
+        self._items: OrderedDict[tuple[str, int], T] = OrderedDict()
         self._lock = threading.Lock()
-        self.misses = 0  # statistics computed (for tests and benchmarks)
+        self.misses = 0  # results computed (for tests and benchmarks)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, photo: np.ndarray, *, side: int) -> StyleStats:
-        """The statistics of ``photo`` at ``side``, computed on first use."""
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def get(self, photo: np.ndarray, *, side: int, compute: Callable[[], T]) -> T:
+        """The cached result for (``photo``, ``side``), or ``compute()`` kept for next time."""
         check_photo(photo)
         key = (photo_key(photo), side)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        stats = style_statistics(photo, side=side, config=self.config)
+        value = compute()
         with self._lock:
             self.misses += 1
-            self._items[key] = stats
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
-        return stats
+        return value
+
+
+class StyleCache(PhotoCache[StyleStats]):
+    """The statistics of the last ``size`` style photos (per side)."""
+
+    def __init__(self, *, size: int = DEFAULT.cache_size, config: StyleConfig = DEFAULT) -> None:
+        super().__init__(size=size)
+        self.config = config
+
+    def get(self, photo: np.ndarray, *, side: int) -> StyleStats:  # type: ignore[override]
+        """The statistics of ``photo`` at ``side``, computed on first use."""
+        return super().get(photo, side=side,
+                           compute=lambda: style_statistics(photo, side=side, config=self.config))
