@@ -430,8 +430,15 @@ class Segmenter:
         pre = preprocess(photo, size=size)
         return self.segment_preprocessed(pre.photo, pre.fov)
 
-    def segment_preprocessed(self, photo: np.ndarray, fov: np.ndarray) -> dict[int, np.ndarray]:
-        """A photo already squared by ``preprocess`` (``(S, S, 3)``, FOV ``(S, S)``) → lesion masks."""
+    @property
+    def class_thresholds(self) -> dict[int, float]:
+        """``{class index: threshold}`` (the ones the checkpoint recorded, 0.5 where none)."""
+        return {int(k): t for k, t in zip(self.classes, self.thresholds)}
+
+    def lesion_probabilities(self, photo: np.ndarray, fov: np.ndarray) -> dict[int, np.ndarray]:
+        """A photo already squared by ``preprocess`` (``(S, S, 3)``, FOV ``(S, S)``) → ``{lesion class:
+        (S, S) float32}``, 0 outside the FOV: the photo goes to the side the U-Net was trained at and
+        the probabilities come back to S."""
         size = photo.shape[0]
         work = photo
         if self.resolution is not None and self.resolution != size:
@@ -443,7 +450,14 @@ class Segmenter:
         if probs.shape[-1] != size:
             probs = F.interpolate(torch.from_numpy(probs)[None], size=(size, size), mode="bilinear",
                                   align_corners=False)[0].numpy()
-        return {k: (probs[i] >= self.thresholds[i]) & fov for i, k in enumerate(self.classes) if k in LESIONS}
+        return {int(k): np.where(fov, probs[i], 0.0).astype(np.float32)
+                for i, k in enumerate(self.classes) if k in LESIONS}
+
+    def segment_preprocessed(self, photo: np.ndarray, fov: np.ndarray) -> dict[int, np.ndarray]:
+        """A photo already squared by ``preprocess`` (``(S, S, 3)``, FOV ``(S, S)``) → lesion masks, each
+        class at its threshold."""
+        thresholds = self.class_thresholds
+        return {k: (p >= thresholds[k]) & fov for k, p in self.lesion_probabilities(photo, fov).items()}
 
 
 def extract_with_lesions(photo: np.ndarray, *, size: int, segmenter: Segmenter | None) -> np.ndarray:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fundus_studio.errors import CheckpointError, InputError
-from fundus_studio.labels import LESIONS
 from fundus_studio.style import PhotoCache
 
 if TYPE_CHECKING:  # imported where used: they bring OpenCV, and the CLI starts without it
@@ -67,33 +66,9 @@ def split_front_matter(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def lesion_probabilities(segmenter: Any, photo: np.ndarray, fov: np.ndarray) -> dict[int, np.ndarray]:
-    """A ``pipeline.Segmenter``'s per-class probabilities on a squared ``(S, S, 3)`` photo →
-    ``{lesion class: (S, S) float32}``, 0 outside ``fov``. The photo is brought to the side the U-Net
-    was trained at and the probabilities back to S, as ``Segmenter.segment_preprocessed`` does before
-    it thresholds them."""
-    import cv2
-
-    size = photo.shape[0]
-    work = photo
-    if segmenter.resolution is not None and segmenter.resolution != size:
-        work = cv2.resize(work, (segmenter.resolution,) * 2, interpolation=cv2.INTER_AREA)
-    stride = segmenter.unet.config.stride
-    if work.shape[0] % stride:
-        raise InputError(f"the segmenter needs a side that is a multiple of {stride}, got {work.shape[0]}")
-    probs = segmenter.probabilities(work)
-    out = {}
-    for i, k in enumerate(segmenter.classes):
-        if k in LESIONS:
-            p = probs[i] if probs.shape[-1] == size else cv2.resize(probs[i], (size, size),
-                                                                    interpolation=cv2.INTER_LINEAR)
-            out[int(k)] = np.where(fov, p, 0.0).astype(np.float32)
-    return out
-
-
 def segmenter_thresholds(segmenter: Any) -> dict[int, float]:
     """``{class index: threshold}`` of a ``pipeline.Segmenter`` (the ones its checkpoint recorded)."""
-    return {int(k): float(t) for k, t in zip(segmenter.classes, segmenter.thresholds)}
+    return segmenter.class_thresholds
 
 
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
@@ -251,10 +226,10 @@ class Studio:
         suggestions, exclude = None, None
         if self.has("unet"):
             segmenter = self._get("unet")
-            suggestions = LesionSuggestions(lesion_probabilities(segmenter, pre.photo, pre.fov))
+            suggestions = LesionSuggestions(segmenter.lesion_probabilities(pre.photo, pre.fov))
             # The vessel search skips what the U-Net would call a lesion at its own thresholds, as extract() does.
             exclude = np.zeros(pre.fov.shape, bool)
-            for k, t in segmenter_thresholds(segmenter).items():
+            for k, t in segmenter.class_thresholds.items():
                 if k in suggestions.probabilities:
                     exclude |= suggestions.probabilities[k] >= t
         label_map = label_map_from_preprocessed(pre.photo, pre.fov, exclude=exclude)
