@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -291,6 +292,12 @@ def _crop_back(photo: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return photo[top : top + h, left : left + w]
 
 
+def encoder_path_for(path: str | os.PathLike[str]) -> Path:
+    """The style encoder saved beside a renderer: ``NAME_encoder.safetensors`` for ``NAME.safetensors``."""
+    weights, _ = paths_for(path)
+    return weights.with_name(weights.name.replace(".safetensors", "_encoder.safetensors"))
+
+
 class Renderer:
     """Label map → photo with a SPADE generator, tuned for CPU latency.
 
@@ -320,7 +327,7 @@ class Renderer:
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Renderer:
         """Load ``spade.safetensors`` and, when present beside it, ``spade_encoder.safetensors``."""
         weights, _ = paths_for(path)
-        encoder_path = weights.with_name(weights.name.replace(".safetensors", "_encoder.safetensors"))
+        encoder_path = encoder_path_for(path)
         encoder = load_model(encoder_path, expected=StyleEncoder) if encoder_path.is_file() else None
         return cls(load_model(weights, expected=SpadeGenerator), encoder=encoder, device=device)  # type: ignore[arg-type]
 

@@ -112,9 +112,8 @@ def test_cli_refuses_bad_values(dataset: Path, tmp_path: Path, bad: str) -> None
 
 
 def test_init_starts_a_new_run_from_an_exported_renderer(styled_run: Path, dataset: Path, tmp_path: Path) -> None:
-    # Before any step the fine-tuned run's G renders as the exported one: the folded weights go back
-    # under spectral norm nearly unchanged (their largest singular value is already ≈ 1; the
-    # exporter's power-iteration estimate of it was not exact, hence the tolerance).
+    # Before any step the fine-tuned run's G renders as the exported one (the tolerance covers the
+    # renderer's own folding of the spectral norm for inference).
     _, label = held_out_pair(dataset)
     source = Renderer.from_checkpoint(styled_run / "spade.safetensors")
     cfg = spade.parse_args(["--data", str(dataset), "--out", str(tmp_path / "ft"), "--preset", "smoke",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fundus_studio.checkpoint import config_to_dict, read_info
+from fundus_studio.checkpoint import config_to_dict, load_model, read_info
 from fundus_studio.labels import COLORS, FINE_STRUCTURES, NUM_CLASSES
 from fundus_studio.models.spade import (
     SPADE_PRESETS, MultiscalePatchDiscriminator, PatchDiscriminatorConfig, SpadeGenerator, SpadeGeneratorConfig,
@@ -34,7 +34,7 @@ from fundus_studio.models.spade import (
 )
 from fundus_studio.errors import CheckpointError
 from fundus_studio.imageio import atomic_write
-from fundus_studio.pipeline import Renderer, tensor_to_photo
+from fundus_studio.pipeline import encoder_path_for, tensor_to_photo
 from training import harness
 from training.harness.data import DOWNSAMPLE_MODES
 
@@ -263,37 +263,21 @@ def sample_grid(g: SpadeGenerator, encoder: StyleEncoder | None, photo: torch.Te
 INIT_FILE = "init.json"  # RUN/init.json: the checkpoint a fine-tuning run started from
 
 
-def load_exported(module: nn.Module, exported: dict[str, torch.Tensor]) -> None:
-    """Load an exported state dict (spectral norm folded into plain ``weight``s) into a module that
-    trains with spectral norm: each folded weight becomes the parametrisation's ``original`` (its
-    largest singular value is already ≈ 1, so the normalised weight is unchanged) and the power
-    iteration's u, v start at its exact singular vectors instead of random ones."""
-    target = module.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    for key, value in exported.items():
-        prefix = key[: -len("weight")]
-        if key.endswith("weight") and prefix + "parametrizations.weight.original" in target:
-            w = value.float()
-            u, _, vh = torch.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
-            state[prefix + "parametrizations.weight.original"] = w
-            state[prefix + "parametrizations.weight.0._u"] = u[:, 0].contiguous()
-            state[prefix + "parametrizations.weight.0._v"] = vh[0].contiguous()
-        else:
-            state[key] = value.float()
-    module.load_state_dict(state)  # strict: any other mismatch is an error, not a partial load
-
-
 def init_from(path: Path, *, G: SpadeGenerator, E: StyleEncoder | None, G_ema: nn.Module | None) -> None:
-    """Copy an inference checkpoint's weights (and its ``_encoder`` sibling's, when E is trained) into
-    the fresh modules; a checkpoint of another architecture is a CheckpointError, not a silent partial load."""
-    source = Renderer.from_checkpoint(path)
-    pairs = [(G, source.generator, "generator")] + ([(E, source.encoder, "encoder")] if E is not None else [])
-    for module, loaded, what in pairs:
-        if loaded is None:
+    """Copy an exported renderer's weights (and its ``_encoder`` sibling's, when E is trained) into the
+    fresh modules, spectral-norm state (u, v) included, as float32; a checkpoint of another
+    architecture is a CheckpointError, not a silent partial load."""
+    parts = [(G, path, SpadeGenerator, "generator")]
+    if E is not None:
+        encoder = encoder_path_for(path)
+        if not encoder.is_file():
             raise CheckpointError(f"{path}: no style encoder beside it, but this run trains one (--set style_encoder=false?)")
+        parts.append((E, encoder, StyleEncoder, "encoder"))
+    for module, source, cls, what in parts:
+        loaded = load_model(source, expected=cls)
         if loaded.config != module.config:
             raise CheckpointError(f"{path}: its {what} architecture differs from this run's: {loaded.config} vs {module.config}")
-        load_exported(module, loaded.state_dict())
+        module.load_state_dict({k: v.float() for k, v in loaded.state_dict().items()})
     if G_ema is not None:
         G_ema.load_state_dict(G.state_dict())
 
