@@ -76,6 +76,10 @@ def _render_src(pg) -> str:
     return pg.evaluate("() => document.querySelector('#render img')?.getAttribute('src') || ''")
 
 
+def _stats_text(pg) -> str:
+    return pg.evaluate("() => document.querySelector('#stats')?.innerText || ''")
+
+
 def test_paint_a_haemorrhage_and_watch_it_render(page) -> None:
     pg = page
     canvas = pg.locator("#canvas canvas").first
@@ -125,6 +129,7 @@ def test_a_stamp_placed_by_a_click_appears_in_map_and_render_and_undoes(page) ->
     pg = page
     pg.wait_for_function("() => (document.querySelector('#start-msg')?.innerText || '').includes('healthy retina')")
     pg.wait_for_function("() => !!document.querySelector('#render img')")
+    pg.wait_for_function("() => document.querySelector('#stats')?.innerText.includes('hard_exudate')")
     before_src, before = _render_src(pg), _count(pg, "hard_exudate")
     pg.locator("#stamp-kind input").click()
     pg.get_by_role("option", name="hard_exudate").click()
@@ -161,11 +166,14 @@ def test_in_photo_edit_mode_pixels_far_from_a_stamp_are_the_photos(page) -> None
 
     pg = page
     pg.wait_for_function("() => !!document.querySelector('#render img')")
-    before_src = _render_src(pg)
+    # The healthy retina's render (page load) must have landed first, or it could pass for the photo's.
+    pg.wait_for_function("() => document.querySelector('#stats')?.innerText.includes('haemorrhage')")
+    before = [_render_src(pg), _stats_text(pg)]
     pg.locator("#example-photo").click()
     pg.wait_for_function("() => (document.querySelector('#start-msg')?.innerText || '').includes('extract from photo')")
-    pg.wait_for_function("(b) => (document.querySelector('#render img')?.getAttribute('src') || '') !== b",
-                         arg=before_src)
+    # The extracted map's render: a new picture and the new map's statistics, which arrive together.
+    pg.wait_for_function("([src, stats]) => (document.querySelector('#render img')?.getAttribute('src') || '') !== src"
+                         " && (document.querySelector('#stats')?.innerText || '') !== stats", arg=before)
     pg.wait_for_function("() => (document.querySelector('#suggest-msg')?.innerText || '').includes('phantoms only')")
     assert pg.locator("#render-mode input[type=radio]:checked").get_attribute("value").startswith("Edit the photo")
     photo = _image_pixels(pg, "#render img")
