@@ -39,7 +39,7 @@ from fundus_studio.errors import StudioError  # noqa: E402
 from fundus_studio.export import GalleryItem, export_items, write_download, zip_folder  # noqa: E402
 from fundus_studio.formats import export_dataset  # noqa: E402
 from fundus_studio.imageio import read_image, read_label_map  # noqa: E402
-from fundus_studio.runtime import tune_malloc  # noqa: E402
+from fundus_studio.runtime import start_memory_governor, tune_malloc  # noqa: E402
 from fundus_studio.phantom import LESION_KINDS  # noqa: E402
 from fundus_studio.photo_edit import PhotoEditConfig  # noqa: E402
 from fundus_studio.studio import GENERATORS, Studio  # noqa: E402
@@ -404,6 +404,22 @@ def set_brush_size(name: str, size_px: float, sizes: dict[str, int]):
     return gr.ImageEditor(brush=brush_for(name, px)), {**sizes, name: px}
 
 
+# Full screen shows the paint area (classes, brush size, canvas, legend) alone; the editor grows to the
+# screen's height so that small lesions are painted at several screen pixels per map pixel.
+FULLSCREEN_CSS_JS = """() => {
+  const style = document.createElement("style");
+  style.textContent = `
+    #paint-area:fullscreen { background: var(--body-background-fill); padding: 12px; overflow: auto; }
+    #paint-area:fullscreen #canvas { height: calc(100vh - 240px) !important; flex-shrink: 0; }`;
+  document.head.appendChild(style);
+}"""
+FULLSCREEN_TOGGLE_JS = """() => {
+  const area = document.querySelector("#paint-area");
+  if (document.fullscreenElement) document.exitFullscreen();
+  else if (area && area.requestFullscreen) area.requestFullscreen();
+}"""
+
+
 def class_keys_js() -> str:
     """Page-load JavaScript: a number key picks its class (``editor.class_keys``) by clicking that class's button in
     ``#paint-class``, unless the user is typing in a text field or Paint is not shown."""
@@ -727,23 +743,27 @@ def build_demo() -> gr.Blocks:
                     # The canvas gets the wider column and a tall editor: at a 1400-px window the 512² map is
                     # shown near 1:1, so a microaneurysm (a few px) stays visible and paintable.
                     with gr.Column(scale=3):
-                        with gr.Row():
-                            paint_class = gr.Radio(class_choices(), value=FIRST_CLASS, label="Paint class",
-                                                   info="or press its number key", elem_id="paint-class", scale=4)
-                            brush_px = gr.Slider(editor.MIN_BRUSH_PX, editor.MAX_BRUSH_PX, step=1,
-                                                 value=first_sizes[FIRST_CLASS],
-                                                 label="Brush size (radius, map px)", info="remembered per class",
-                                                 elem_id="brush-size", scale=1, min_width=180)
-                        canvas = gr.ImageEditor(
-                            value=editor.editor_value(editor.blank_template(size=CANVAS_SIZE)),
-                            type="numpy", image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
-                            fixed_canvas=True, sources=(), transforms=(), layers=False, format="png",
-                            brush=brush_for(FIRST_CLASS, first_sizes[FIRST_CLASS]),
-                            eraser=gr.Eraser(default_size=12), label="Label map", elem_id="canvas",
-                            height=CANVAS_HEIGHT,
-                        )
-                        canvas.blob_storage = _BoundedDict(MAX_EDITOR_BLOBS)
-                        gr.HTML(legend_html())
+                        with gr.Column(elem_id="paint-area"):  # what "Full screen" enlarges
+                            with gr.Row():
+                                paint_class = gr.Radio(class_choices(), value=FIRST_CLASS, label="Paint class",
+                                                       info="or press its number key", elem_id="paint-class", scale=4)
+                                brush_px = gr.Slider(editor.MIN_BRUSH_PX, editor.MAX_BRUSH_PX, step=1,
+                                                     value=first_sizes[FIRST_CLASS],
+                                                     label="Brush size (radius, map px)", info="remembered per class",
+                                                     elem_id="brush-size", scale=1, min_width=180)
+                            canvas = gr.ImageEditor(
+                                value=editor.editor_value(editor.blank_template(size=CANVAS_SIZE)),
+                                type="numpy", image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
+                                fixed_canvas=True, sources=(), transforms=(), layers=False, format="png",
+                                brush=brush_for(FIRST_CLASS, first_sizes[FIRST_CLASS]),
+                                eraser=gr.Eraser(default_size=12), label="Label map", elem_id="canvas",
+                                height=CANVAS_HEIGHT,
+                            )
+                            canvas.blob_storage = _BoundedDict(MAX_EDITOR_BLOBS)
+                            with gr.Row():
+                                gr.HTML(legend_html())
+                                full_btn = gr.Button("⛶ Full screen (Esc leaves)", size="sm", elem_id="fullscreen",
+                                                     scale=0, min_width=200)
                         with gr.Accordion("Start from", open=True):
                             source = gr.Radio([START_SAMPLE, START_PHANTOM, START_BLANK, START_UPLOAD, START_PHOTO],
                                               value=START_SAMPLE, label="Start from")
@@ -850,6 +870,8 @@ def build_demo() -> gr.Blocks:
         brush_px.input(set_brush_size, [paint_class, brush_px, brush_sizes], [canvas, brush_sizes],
                        api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False)
         demo.load(None, None, None, js=class_keys_js())  # number keys pick classes
+        demo.load(None, None, None, js=FULLSCREEN_CSS_JS)
+        full_btn.click(None, None, None, js=FULLSCREEN_TOGGLE_JS)
         undo_btn.click(undo_stamp, [stamps, seed, style, view, opacity, *editing],
                        [canvas, base, stamps, stamp_msg, *rendered], api_visibility="private")
         suggest_threshold.change(suggestion_view, [edit_src, suggest_threshold], [suggest_img, suggest_msg],
@@ -957,6 +979,7 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # others: warnings and up
     logging.getLogger("fundus_studio").setLevel(logging.INFO)  # ours: one line per refused request too
     tune_malloc()  # renders at 512 spend much of their time faulting in fresh pages otherwise
+    start_memory_governor()  # free heap memory beyond the budget goes back to the kernel (RSS levels off)
     if args.checkpoints != CHECKPOINTS:
         STUDIO.reload(args.checkpoints)
     if args.size != CANVAS_SIZE:

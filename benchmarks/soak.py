@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 # Share of each kind of request in a client's mix.
 MIX = {"render": 0.45, "sample": 0.15, "extract": 0.15, "export": 0.05, "bad": 0.20}
+STALE_EXAMPLES = 10  # paths of stale temporary files kept per measurement (what leaks, if anything does)
 RENDER_SEEDS = 4  # few seeds on purpose: identical renders for different users (the cut-off download)
 MIB = 1024 * 1024
 # Messages the studio gives for each bad input (the start of its reason).
@@ -71,6 +72,8 @@ class Sample:
     threads: int
     temp_mib: float
     temp_files: int
+    stale_files: int = 0  # files the app's cleanup should have deleted by now (older than its age + period)
+    stale_examples: list[str] = field(default_factory=list)
 
 
 # --- the server -------------------------------------------------------------------------------------
@@ -108,26 +111,33 @@ def start_server(*, checkpoints: Path, size: int, cache_age: int, temp_dir: Path
     raise SystemExit(f"app did not answer at {url} within {STARTUP_TIMEOUT_S:.0f} s")
 
 
-def _folder_size(folder: Path) -> tuple[int, int]:
-    total, files = 0, 0
+def _folder_size(folder: Path, *, stale_after_s: float | None = None) -> tuple[int, int, list[str]]:
+    """(bytes, files, files older than ``stale_after_s`` by ctime, the age Gradio's cleanup goes by)."""
+    total, files, stale = 0, 0, []
+    now = time.time()
     for dirpath, _, names in os.walk(folder):
         for name in names:
+            path = os.path.join(dirpath, name)
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-                files += 1
+                st = os.lstat(path)
             except FileNotFoundError:
-                pass  # deleted by the server meanwhile
-    return total, files
+                continue  # deleted by the server meanwhile
+            total += st.st_size
+            files += 1
+            if stale_after_s is not None and now - st.st_ctime > stale_after_s:
+                stale.append(os.path.relpath(path, folder))
+    return total, files, stale
 
 
-def measure(pid: int, temp_dir: Path, t: float) -> Sample:
+def measure(pid: int, temp_dir: Path, t: float, *, stale_after_s: float | None = None) -> Sample:
     """The server's resident memory, descriptors, threads and temporary folder, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     rss_kib = int(fields["VmRSS"].split()[0])
-    size, files = _folder_size(temp_dir)
+    size, files, stale = _folder_size(temp_dir, stale_after_s=stale_after_s)
     return Sample(t=round(t, 2), rss_mib=round(rss_kib / 1024, 1), fds=len(os.listdir(f"/proc/{pid}/fd")),
-                  threads=int(fields["Threads"]), temp_mib=round(size / MIB, 2), temp_files=files)
+                  threads=int(fields["Threads"]), temp_mib=round(size / MIB, 2), temp_files=files,
+                  stale_files=len(stale), stale_examples=sorted(stale)[:STALE_EXAMPLES])
 
 
 # --- the inputs -------------------------------------------------------------------------------------
@@ -300,6 +310,8 @@ def summarise(requests: list[Request], samples: list[Sample], *, seconds: float,
         "threads_max": max(s.threads for s in samples),
         "temp_mib_max": max(s.temp_mib for s in samples), "temp_mib_final": samples[-1].temp_mib,
         "temp_files_max": max(s.temp_files for s in samples),
+        "stale_files_max": max(s.stale_files for s in samples), "stale_files_final": samples[-1].stale_files,
+        "stale_examples_final": samples[-1].stale_examples,
         "browser_rss_growth_mib": round(browser_rss[1] - browser_rss[0], 1) if browser_rss else None,
         "first_errors": [asdict(r) for r in requests if r.outcome in ("error", "dropped")][:20],
     }
@@ -349,6 +361,9 @@ def soak(*, clients: int, minutes: float, strokes: int, size: int, checkpoints: 
                              log_path=out / "server.log")
     requests: list[Request] = []
     samples: list[Sample] = []
+    # Gradio looks every `frequency` ≤ `age` seconds: a file older than twice the age (and a margin for
+    # a busy machine) should have been deleted.
+    stale_after = 2 * cache_age + 30
     try:
         idle = measure(proc.pid, temp_dir, 0.0).rss_mib
         warm_up(url, inputs)
@@ -359,7 +374,7 @@ def soak(*, clients: int, minutes: float, strokes: int, size: int, checkpoints: 
 
         def monitor() -> None:
             while not stop.is_set():
-                samples.append(measure(proc.pid, temp_dir, time.monotonic() - t0))
+                samples.append(measure(proc.pid, temp_dir, time.monotonic() - t0, stale_after_s=stale_after))
                 stop.wait(sample_every)
 
         def painter() -> None:
@@ -386,7 +401,7 @@ def soak(*, clients: int, minutes: float, strokes: int, size: int, checkpoints: 
         seconds = time.monotonic() - t0
         stop.set()
         watcher.join()
-        samples.append(measure(proc.pid, temp_dir, seconds))
+        samples.append(measure(proc.pid, temp_dir, seconds, stale_after_s=stale_after))
         if proc.poll() is not None:
             raise SystemExit(f"the server died during the soak (code {proc.returncode}); see {out / 'server.log'}")
     finally:

@@ -195,6 +195,31 @@ def test_in_photo_edit_mode_pixels_far_from_a_stamp_are_the_photos(page) -> None
     pg.screenshot(path=str(ARTIFACTS / "browser_photo_edit.png"), full_page=True)
 
 
+def test_full_screen_enlarges_the_canvas_and_painting_still_renders(browser, server) -> None:
+    pg = _new_page(browser, server)  # its own page: full screen must not carry over into other tests
+    try:
+        pg.wait_for_function("() => document.querySelector('#stats')?.innerText.includes('haemorrhage')")
+        canvas = pg.locator("#canvas canvas").first
+        small, start = canvas.bounding_box(), _count(pg, "haemorrhage")
+        pg.locator("#fullscreen").click()
+        pg.wait_for_function("() => document.fullscreenElement?.id === 'paint-area'")
+        pg.wait_for_function("(h) => document.querySelector('#canvas canvas').getBoundingClientRect().height > h + 100",
+                             arg=small["height"])
+        big = canvas.bounding_box()
+        assert big["width"] > small["width"] and big["height"] > small["height"] + 100
+        cx, cy = big["x"] + big["width"] / 2, big["y"] + big["height"] / 2
+        pg.mouse.move(cx - 40, cy)
+        pg.mouse.down()
+        for dx in range(-40, 41, 10):
+            pg.mouse.move(cx + dx, cy)
+        pg.mouse.up()
+        _wait_count(pg, "haemorrhage", start, more=True)  # the stroke painted in full screen was rendered
+        pg.locator("#fullscreen").click()  # the same button leaves full screen
+        pg.wait_for_function("() => !document.fullscreenElement")
+    finally:
+        pg.close()
+
+
 # --- per-class brushes, number keys -------------------------------------------------------------------------
 
 
