@@ -34,7 +34,7 @@ from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
 from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
 from fundus_studio.models.spade import SpadeGenerator, StyleEncoder, fold_spectral_norm
 from fundus_studio.models.unet import UNet
-from fundus_studio.style import StyleCache, StyleConfig, apply_style
+from fundus_studio.style import PhotoCache, StyleCache, StyleConfig, apply_style
 
 # A disc whose radius reaches the corners covers the whole square.
 MAX_FOV_RADIUS: float = math.sqrt(2.0)
@@ -320,8 +320,11 @@ class Renderer:
         self.device = torch.device(device)
         self.generator = fold_spectral_norm(generator).to(self.device, memory_format=torch.channels_last).eval()
         self.encoder = None if encoder is None else fold_spectral_norm(encoder).to(self.device).eval()
-        # A style photo's statistics (an extraction: seconds) are measured once per photo and side.
+        # A style photo's statistics (an extraction: seconds) are measured once per photo and side, and
+        # its code once per photo (the encoder's pass is ~15 % of a 512² render: each stroke of a photo
+        # edit would pay it again).
         self.styles = StyleCache(size=style.cache_size, config=style)
+        self.codes: PhotoCache[torch.Tensor] = PhotoCache(size=style.cache_size)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Renderer:
@@ -345,8 +348,9 @@ class Renderer:
         if style is not None:
             if self.encoder is None:
                 raise InputError("this renderer was trained without a style encoder; render without a style photo")
-            mu, _ = self.encoder(photo_to_tensor(style).to(self.device))
-            return mu
+            encoder = self.encoder
+            return self.codes.get(style, side=0,  # the encoder resizes any photo to its own input side
+                                  compute=lambda: encoder(photo_to_tensor(style).to(self.device))[0])
         return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
 
     @torch.inference_mode()

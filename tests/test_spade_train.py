@@ -175,6 +175,16 @@ def test_style_photo_changes_the_render_and_same_style_gives_same_render(styled_
     assert not np.array_equal(a, renderer.render(label, seed=0))
 
 
+def test_a_style_photos_code_is_encoded_once(styled_run: Path, dataset: Path) -> None:
+    renderer = Renderer.from_checkpoint(styled_run / "spade.json")
+    photo, label = held_out_pair(dataset, 0)
+    calls = []
+    renderer.encoder.register_forward_hook(lambda *_: calls.append(1))
+    first = renderer.render(label, seed=0, style=photo)
+    again = renderer.render(label, seed=0, style=photo.copy())  # equal pixels: the same code
+    assert np.array_equal(first, again) and len(calls) == 1 and renderer.codes.misses == 1
+
+
 def test_renderer_without_encoder_refuses_a_style_photo(dataset: Path, tmp_path: Path) -> None:
     renderer = Renderer.from_checkpoint(smoke(dataset, tmp_path / "plain", "--steps", "1"))
     photo, label = held_out_pair(dataset)
