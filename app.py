@@ -31,7 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from gradio.utils import get_upload_folder  # noqa: E402
+import gradio_client.utils  # noqa: E402
+from gradio.utils import NamedString, get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fundus_studio import editor, labels  # noqa: E402
@@ -112,6 +113,20 @@ class _BoundedDict(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.limit:
             self.popitem(last=False)
+
+
+class UploadFile(gr.File):
+    """``gr.File`` whose "filepath" preprocessing leaves nothing behind. Gradio 6.31's creates an empty
+    temporary file in its cache for every upload it hands over and never deletes it (the soak counted one
+    per request: thousands a day, outside ``--cache-age``'s reach); the path it returns is the upload's
+    own, which Gradio does delete."""
+
+    def _process_single_file(self, f: Any) -> Any:
+        if self.type != "filepath":
+            return super()._process_single_file(f)
+        if self.file_types and not gradio_client.utils.is_valid_file(f.path, self.file_types):
+            raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {self.file_types}")
+        return NamedString(f.path)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -772,8 +787,8 @@ def build_demo() -> gr.Blocks:
                                 start_seed = gr.Number(HEALTHY_SEED, precision=0, label="Sample seed")
                                 p_generator = generator_dropdown()
                             with gr.Row():
-                                upload = gr.File(label="Label map (PNG/JPEG)", file_types=["image"], type="filepath")
-                                photo = gr.File(label="Fundus photo", file_types=["image"], type="filepath")
+                                upload = UploadFile(label="Label map (PNG/JPEG)", file_types=["image"], type="filepath")
+                                photo = UploadFile(label="Fundus photo", file_types=["image"], type="filepath")
                             with gr.Row():
                                 nearest = gr.Checkbox(False, label="Snap unknown colours to the nearest class")
                                 example_btn = gr.Button("Example photo (skimage.data.retina, CC0)", size="sm",
@@ -808,7 +823,7 @@ def build_demo() -> gr.Blocks:
                             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         with gr.Row():
                             seed = gr.Number(0, precision=0, label="Render seed")
-                            style = gr.File(label="Style photo (optional)", file_types=["image"], type="filepath")
+                            style = UploadFile(label="Style photo (optional)", file_types=["image"], type="filepath")
                         gr.Markdown(STYLE_HINT)
                         stats = gr.Markdown(elem_id="stats")
                         with gr.Row():
@@ -921,13 +936,13 @@ def build_demo() -> gr.Blocks:
         with gr.Row(visible=False):
             # gr.File, not gr.Image: the file arrives as uploaded (Image re-encodes it into a shared cache
             # path, and concurrent uploads of the same map raced on that file).
-            a_map = gr.File(type="filepath")
+            a_map = UploadFile(type="filepath")
             a_seed = gr.Number(0, precision=0)
             a_out = gr.Image(format="png")
             a_grade = gr.Number(0, precision=0)
             a_count = gr.Number(1, precision=0)
             a_gallery = gr.Gallery(format="png")
-            a_style = gr.File(type="filepath")
+            a_style = UploadFile(type="filepath")
             a_generator = gr.Textbox("")
             a_btn = gr.Button()
         a_btn.click(api_render, [a_map, a_seed, a_style], a_out, api_name="render")

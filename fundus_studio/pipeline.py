@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fundus_studio.calibration import LabelCalibration, calibration_for
 from fundus_studio.checkpoint import load_model, paths_for, read_info
 from fundus_studio.errors import CheckpointError, InputError
 from fundus_studio.labels import LESIONS, NAMES, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
@@ -155,7 +156,8 @@ class LabelSampler:
     """
 
     def __init__(self, prior: LabelPrior, *, upsampler: LabelUpsampler | None = None,
-                 config: LabelSamplingConfig = LabelSamplingConfig(), device: torch.device | str = "cpu") -> None:
+                 config: LabelSamplingConfig = LabelSamplingConfig(), calibration: LabelCalibration | None = None,
+                 device: torch.device | str = "cpu") -> None:
         # The sampler owns its networks: they are moved, put in eval mode and made channels-last.
         self.prior = prior.to(device, memory_format=torch.channels_last).eval()
         if upsampler is not None and upsampler.config.coarse_resolution != self.resolution:
@@ -163,17 +165,20 @@ class LabelSampler:
                              f"generator draws {self.resolution}²")
         self.upsampler = None if upsampler is None else upsampler.to(device, memory_format=torch.channels_last).eval()
         self.config = config
+        self.calibration = calibration  # per-grade lesion weights before the arg-max (fundus_studio.calibration)
         self.device = torch.device(device)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, upsampler: str | os.PathLike[str] | None = None,
-                        config: LabelSamplingConfig = LabelSamplingConfig(),
+                        config: LabelSamplingConfig = LabelSamplingConfig(), calibrated: bool = True,
                         device: torch.device | str = "cpu") -> LabelSampler:
         """Load the prior at ``path`` (ACGAN or flow) and optionally an upsampler (CheckpointError naming
-        the file if one cannot be loaded)."""
+        the file if one cannot be loaded); with ``calibrated``, the ``label_calibration.json`` beside the
+        prior when it was fitted for these checkpoints (:func:`fundus_studio.calibration.calibration_for`)."""
         prior = load_model(path, expected=(Generator, FlowUNet), device=device)
         up = None if upsampler is None else load_model(upsampler, expected=LabelUpsampler, device=device)
-        return cls(prior, upsampler=up, config=config, device=device)  # type: ignore[arg-type]
+        calibration = calibration_for(path, upsampler) if calibrated else None
+        return cls(prior, upsampler=up, config=config, calibration=calibration, device=device)  # type: ignore[arg-type]
 
     @property
     def generator(self) -> LabelPrior:
@@ -237,8 +242,10 @@ class LabelSampler:
         maps = []
         for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size)):
             coarse = self.probabilities(zb, gb)
-            for p in coarse.split(self.config.upsample_batch):
+            for p, g in zip(coarse.split(self.config.upsample_batch), gb.split(self.config.upsample_batch)):
                 fine = self.refine(p)
+                if self.calibration is not None:
+                    fine = self.calibration.apply(fine, g)
                 maps.append(probabilities_to_labels(fine, size=size, fov_radius=self.config.fov_radius).cpu())
         return torch.cat(maps).numpy()
 

@@ -105,10 +105,12 @@ class Studio:
         return name
 
     def sampling_checkpoints(self, generator: str | None = None) -> tuple[str, ...]:
-        """The checkpoints a sampled label map depends on: the generator's, and the upsampler's when
-        it is used (see ``pipeline.takes_upsampler``)."""
+        """The checkpoints a sampled label map depends on: the generator's, the upsampler's when it is
+        used (see ``pipeline.takes_upsampler``) and the label calibration when it applies."""
         name = GENERATORS[self.generator_name(generator)]
-        return (name, UPSAMPLER) if self._get(name).upsampler is not None else (name,)
+        sampler = self._get(name)
+        return (name, *((UPSAMPLER,) if sampler.upsampler is not None else ()),
+                *(("label_calibration",) if sampler.calibration is not None else ()))
 
     def reload(self, checkpoints: str | os.PathLike[str]) -> None:
         """Switch to another folder; models load again on next use."""
@@ -152,7 +154,11 @@ class Studio:
             prior = load_model(self.path(name), expected=FlowUNet if name == "label_flow" else Generator)
             # A prior of hard labels (the demo ACGAN) or of another side: probabilities upsampled bilinearly.
             use = self.has(UPSAMPLER) and pipeline.takes_upsampler(self.path(name), self.path(UPSAMPLER))
-            return pipeline.LabelSampler(prior, upsampler=self._get(UPSAMPLER) if use else None)  # type: ignore[arg-type]
+            from fundus_studio.calibration import calibration_for
+
+            calibration = calibration_for(self.path(name), self.path(UPSAMPLER) if use else None)
+            return pipeline.LabelSampler(prior, upsampler=self._get(UPSAMPLER) if use else None,  # type: ignore[arg-type]
+                                         calibration=calibration)
         if name == UPSAMPLER:
             from fundus_studio.checkpoint import load_model
             from fundus_studio.models.label_flow import LabelUpsampler
@@ -273,6 +279,10 @@ class Studio:
                     out[name] = str(info.get("sha256", ""))[:16]
                 except (OSError, json.JSONDecodeError):
                     out[name] = "unreadable"
+        from fundus_studio.calibration import calibration_hash
+
+        if (calibrated := calibration_hash(self.checkpoints)) is not None:
+            out["label_calibration"] = calibrated  # it changes what the flow prior's maps contain
         return out
 
     def describe(self) -> str:

@@ -483,3 +483,21 @@ def test_the_same_large_picture_for_many_users_arrives_whole(app) -> None:
     finally:
         demo.close()
     assert len(whole) == 64 and all(whole)
+
+
+def test_uploads_leave_no_empty_temporary_files_behind(app, client, tmp_path) -> None:
+    """Gradio's own gr.File left one empty file per upload at the top of its cache, never deleted."""
+    from gradio.utils import get_upload_folder
+    from gradio_client import handle_file
+
+    cache = Path(get_upload_folder())
+
+    def loose() -> set[Path]:
+        return {p for p in cache.iterdir() if p.is_file()}
+
+    before = loose()
+    path = tmp_path / "map.png"
+    Image.fromarray(labels.to_color(_painted_map())).save(path)
+    for seed in range(3):
+        assert Path(client.predict(handle_file(str(path)), seed, api_name="/render")).is_file()
+    assert loose() - before == set()

@@ -62,6 +62,7 @@ class EvalConfig:
     flow: FlowSamplingConfig = FlowSamplingConfig()  # ODE steps and guidance of a flow-matching prior
     seed: int = 0  # sampling seed
     diversity_pairs: int = 200  # random pairs per grade for the disagreement estimate
+    calibrated: bool = True  # use label_calibration.json beside the checkpoint when it fits (its lesion weights)
 
     def __post_init__(self) -> None:
         if self.per_grade < 2 or self.diversity_pairs < 1 or self.size < 16:
@@ -161,7 +162,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     else:  # another dataset (e.g. a test set): every map is unseen by the classifier
         held, held_source = real, "whole dataset (not the classifier's training data)"
     upsampler = _upsampler(cfg)
-    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler,
+    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler, calibrated=cfg.calibrated,
                                            config=LabelSamplingConfig(size=cfg.size, flow=cfg.flow))
     grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
     full = sampler.sample_grades(grades.tolist(), seed=cfg.seed)  # (N, size, size)
@@ -170,7 +171,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     # (a) grade fidelity
     report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "upsampler": None if upsampler is None else str(upsampler),
                               "classifier": str(classifier_path), "data": str(cfg.data), "resolution": side,
-                              "size": cfg.size, "maps_per_grade": cfg.per_grade}
+                              "size": cfg.size, "maps_per_grade": cfg.per_grade,
+                              "calibrated": sampler.calibration is not None}
     pred_gen = predict(classifier, torch.from_numpy(generated))
     fidelity = {"generated": {"accuracy": float((pred_gen == grades).mean()),
                               "kappa": quadratic_weighted_kappa(grades, pred_gen), "count": len(grades)}}
@@ -267,11 +269,13 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     parser.add_argument("--per-grade", type=int, default=100, help="generated maps per grade (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore label_calibration.json beside the checkpoint (compare with and without)")
     args = parser.parse_args(argv)
     try:
         return EvalConfig(checkpoint=args.checkpoint, data=args.data, classifier=args.classifier, out=args.out,
                           per_grade=args.per_grade, seed=args.seed, upsampler=args.upsampler,
-                          train_data=args.train_data, size=args.size,
+                          train_data=args.train_data, size=args.size, calibrated=not args.no_calibration,
                           flow=FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance))
     except ValueError as err:
         parser.error(str(err))
