@@ -115,18 +115,22 @@ class _BoundedDict(OrderedDict):
             self.popitem(last=False)
 
 
-class UploadFile(gr.File):
-    """``gr.File`` whose "filepath" preprocessing leaves nothing behind. Gradio 6.31's creates an empty
-    temporary file in its cache for every upload it hands over and never deletes it (the soak counted one
-    per request: thousands a day, outside ``--cache-age``'s reach); the path it returns is the upload's
-    own, which Gradio does delete."""
+def _upload_path(component: gr.File, f: Any) -> Any:
+    """``gr.File`` "filepath" preprocessing without its leak (see :func:`upload_file`)."""
+    if component.file_types and not gradio_client.utils.is_valid_file(f.path, component.file_types):
+        raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {component.file_types}")
+    return NamedString(f.path)
 
-    def _process_single_file(self, f: Any) -> Any:
-        if self.type != "filepath":
-            return super()._process_single_file(f)
-        if self.file_types and not gradio_client.utils.is_valid_file(f.path, self.file_types):
-            raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {self.file_types}")
-        return NamedString(f.path)
+
+def upload_file(**kwargs: Any) -> gr.File:
+    """A ``gr.File`` input (``type="filepath"``) whose preprocessing leaves nothing behind. Gradio 6.31's
+    creates an empty temporary file in its cache for every upload it hands over and never deletes it
+    (the soak counted one per request: thousands a day, outside ``--cache-age``'s reach); the path
+    it returns is the upload's own, which Gradio does delete. Patched on the instance: a subclass
+    would make Gradio write an ``app.pyi`` stub beside this file."""
+    component = gr.File(type="filepath", **kwargs)
+    component._process_single_file = functools.partial(_upload_path, component)  # type: ignore[method-assign]
+    return component
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -787,8 +791,8 @@ def build_demo() -> gr.Blocks:
                                 start_seed = gr.Number(HEALTHY_SEED, precision=0, label="Sample seed")
                                 p_generator = generator_dropdown()
                             with gr.Row():
-                                upload = UploadFile(label="Label map (PNG/JPEG)", file_types=["image"], type="filepath")
-                                photo = UploadFile(label="Fundus photo", file_types=["image"], type="filepath")
+                                upload = upload_file(label="Label map (PNG/JPEG)", file_types=["image"])
+                                photo = upload_file(label="Fundus photo", file_types=["image"])
                             with gr.Row():
                                 nearest = gr.Checkbox(False, label="Snap unknown colours to the nearest class")
                                 example_btn = gr.Button("Example photo (skimage.data.retina, CC0)", size="sm",
@@ -823,7 +827,7 @@ def build_demo() -> gr.Blocks:
                             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         with gr.Row():
                             seed = gr.Number(0, precision=0, label="Render seed")
-                            style = UploadFile(label="Style photo (optional)", file_types=["image"], type="filepath")
+                            style = upload_file(label="Style photo (optional)", file_types=["image"])
                         gr.Markdown(STYLE_HINT)
                         stats = gr.Markdown(elem_id="stats")
                         with gr.Row():
@@ -936,13 +940,13 @@ def build_demo() -> gr.Blocks:
         with gr.Row(visible=False):
             # gr.File, not gr.Image: the file arrives as uploaded (Image re-encodes it into a shared cache
             # path, and concurrent uploads of the same map raced on that file).
-            a_map = UploadFile(type="filepath")
+            a_map = upload_file()
             a_seed = gr.Number(0, precision=0)
             a_out = gr.Image(format="png")
             a_grade = gr.Number(0, precision=0)
             a_count = gr.Number(1, precision=0)
             a_gallery = gr.Gallery(format="png")
-            a_style = UploadFile(type="filepath")
+            a_style = upload_file()
             a_generator = gr.Textbox("")
             a_btn = gr.Button()
         a_btn.click(api_render, [a_map, a_seed, a_style], a_out, api_name="render")

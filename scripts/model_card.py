@@ -11,6 +11,7 @@ re-running ``make report``; tests/test_model_card.py fails while the card disagr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from fundus_studio.calibration import CALIBRATION_FILE
 from fundus_studio.studio import CARD_FENCE, split_front_matter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +48,27 @@ def _load(path: Path) -> dict[str, Any]:
         raise SystemExit(f"{path}: unreadable ({err})") from None
 
 
+def _checkpoint_jsons(folder: Path) -> list[Path]:
+    """The checkpoints' JSON descriptions (not the label calibration, which describes no weights)."""
+    return [p for p in sorted(folder.glob("*.json")) if p.name != CALIBRATION_FILE]
+
+
+def calibration_block(folder: Path) -> dict[str, Any] | None:
+    """The label calibration beside the checkpoints: what it calibrates, its fit and its SHA-256."""
+    path = folder / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    info = _load(path)
+    fit = info.get("fit") or {}
+    return {"file": CALIBRATION_FILE, "calibrates": [info["prior"]["file"], "label_upsampler.safetensors"],
+            "fitted_on": fit.get("data"), "maps_per_grade": fit.get("maps_per_grade"),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def checkpoints_block(folder: Path) -> list[dict[str, Any]]:
     """One entry per checkpoint JSON: file, class, step, dtype, SHA-256 and the data it was trained on."""
     out = []
-    for path in sorted(folder.glob("*.json")):
+    for path in _checkpoint_jsons(folder):
         info = _load(path)
         data = info.get("data") or {}
         sources = data.get("real") or [data]  # the U-Net lists its real datasets; the others describe one
@@ -110,7 +129,7 @@ def model_index(folder: Path, report: dict[str, Any]) -> list[dict[str, Any]]:
                            f"{renders['count']} held-out pairs at {renders['resolution']} px", render_metrics))
     if "downstream" in report:  # a report made without that stage says nothing about it
         results.append(_downstream_result(report["downstream"]))
-    for path in sorted(folder.glob("*.json")):
+    for path in _checkpoint_jsons(folder):
         info = _load(path)
         metrics = info.get("metrics") or {}
         if path.stem == "unet":
@@ -139,6 +158,7 @@ def front_matter(folder: Path = CHECKPOINTS, report_path: Path = REPORT) -> str:
                           "'Data' below and each checkpoint's trained_on"),
         "evaluation": {"report": "reports/phantoms/report.json", "command": report.get("command")},
         "checkpoints": checkpoints_block(folder),
+        **({"label_calibration": calibrated} if (calibrated := calibration_block(folder)) else {}),
         "model-index": model_index(folder, report),
     }
     body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=120)

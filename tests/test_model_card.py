@@ -52,13 +52,20 @@ def test_hub_fields(card: dict[str, Any]) -> None:
 
 
 def test_checkpoint_entries_match_their_json(card: dict[str, Any]) -> None:
+    import hashlib
+
+    from fundus_studio.calibration import CALIBRATION_FILE
+
     entries = {c["file"]: c for c in card["checkpoints"]}
-    jsons = sorted((ROOT / "checkpoints").glob("*.json"))
+    jsons = [p for p in sorted((ROOT / "checkpoints").glob("*.json")) if p.name != CALIBRATION_FILE]
     assert sorted(entries) == sorted(p.with_suffix(".safetensors").name for p in jsons)
     for path in jsons:
         info = json.loads(path.read_text())
         entry = entries[path.with_suffix(".safetensors").name]
         assert (entry["sha256"], entry["step"], entry["class"]) == (info["sha256"], info["step"], info["class"])
+    calibration = ROOT / "checkpoints" / CALIBRATION_FILE  # a shipped calibration is named, with its hash
+    assert (card.get("label_calibration") or {}).get("sha256") == (
+        hashlib.sha256(calibration.read_bytes()).hexdigest() if calibration.is_file() else None)
 
 
 def test_figures_match_the_report_and_the_checkpoints(card: dict[str, Any]) -> None:
