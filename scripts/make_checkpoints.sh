@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every shipped demo checkpoint in checkpoints/ from scratch, on the CPU.
 # About 3 hours on 2 cores (phantoms 7 min, label upsampler 32, flow prior ≈ 80, ACGAN 13, grade
-# classifier 15, SPADE 42, U-Net 13).
+# classifier 15, SPADE 42, U-Net 13, label calibration 10).
 # Each training step resumes: re-running this script after an interruption continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ $PY -m training.label_upsampler --data "$DATA" --out runs/label_upsampler-demo -
     --export-to "$OUT"
 $PY -m training.label_flow --data "$DATA" --out runs/label_flow-demo --preset demo-cpu --threads 2 \
     --steps "${FLOW_STEPS:-4000}" --export-to "$OUT"
+# Each lesion class's share per grade as in the training maps (refitted after every new prior or upsampler).
+$PY -m training.calibrate_labels --checkpoints "$OUT" --data "$DATA"
 # The paper's generator, selectable with --generator acgan.
 $PY -m training.acgan --data "$DATA" --out runs/acgan-demo --preset demo-cpu --threads 1 --steps 3000 \
     --export-to "$OUT"
