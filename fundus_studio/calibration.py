@@ -86,15 +86,10 @@ def _fail(path: Path, why: str) -> CheckpointError:
 
 def load_calibration(path: str | os.PathLike[str]) -> LabelCalibration:
     """Read ``label_calibration.json``; CheckpointError naming the file if it is unreadable or malformed."""
+    from fundus_studio.checkpoint import read_format_json
+
     path = Path(path)
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(path, f"unreadable ({err})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise _fail(path, f"not a {FORMAT}")
-    if not isinstance(info.get("version"), int) or info["version"] > VERSION:
-        raise _fail(path, f"format version {info.get('version')!r}; this release reads ≤ {VERSION}")
+    info = read_format_json(path, format=FORMAT, version=VERSION, what=FORMAT, fail=_fail)
     prior, upsampler = info.get("prior"), info.get("upsampler")
     if not isinstance(prior, dict) or not all(isinstance(prior.get(k), str) for k in ("file", "sha256")) or not (
             upsampler is None or isinstance(upsampler, dict) and isinstance(upsampler.get("sha256"), str)):

@@ -22,6 +22,7 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +165,28 @@ def _fail(path: Path, what: str, info: dict[str, Any] | None = None) -> Checkpoi
     return CheckpointError(f"{path}: {what}; {how}")
 
 
+def read_format_json(path: Path, *, format: str, version: int, what: str,
+                     fail: Callable[[Path, str], CheckpointError]) -> dict[str, Any]:
+    """A JSON file of ours: an object whose ``format`` is ``format`` and whose ``version`` this release
+    reads (≤ ``version``); ``fail(path, why)`` builds the error otherwise (``what`` names the kind)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise fail(path, f"unreadable ({err})") from None
+    if not isinstance(info, dict) or info.get("format") != format:
+        raise fail(path, f"not a {what}")
+    if not isinstance(info.get("version"), int) or info["version"] > version:
+        raise fail(path, f"format version {info.get('version')!r}; this release reads ≤ {version}")
+    return info
+
+
 def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a checkpoint's JSON (without loading weights)."""
     _, json_path = paths_for(path)
     if not json_path.is_file():
         raise _fail(json_path, "missing (every checkpoint needs its .json beside the .safetensors)")
-    try:
-        info = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(json_path, f"unreadable ({err})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise _fail(json_path, f"not a {FORMAT} description")
-    if not isinstance(info.get("version"), int) or info["version"] > VERSION:
-        raise _fail(json_path, f"format version {info.get('version')!r}; this release reads ≤ {VERSION}")
+    info = read_format_json(json_path, format=FORMAT, version=VERSION, what=f"{FORMAT} description",
+                            fail=lambda p, why: _fail(p, why))
     for key, kind in (("class", str), ("config_class", str), ("config", dict)):
         if not isinstance(info.get(key), kind):
             raise _fail(json_path, f"field {key!r} missing or not a {kind.__name__}")
