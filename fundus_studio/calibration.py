@@ -30,6 +30,7 @@ from fundus_studio import labels
 from fundus_studio.errors import CheckpointError
 
 CALIBRATION_FILE = "label_calibration.json"  # beside the prior it calibrates
+CALIBRATION = "label_calibration"  # its name among the checkpoints in hashes and provenance
 FORMAT = "fundus-studio label calibration"
 VERSION = 1
 log = logging.getLogger(__name__)

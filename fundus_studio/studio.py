@@ -66,11 +66,6 @@ def split_front_matter(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def segmenter_thresholds(segmenter: Any) -> dict[int, float]:
-    """``{class index: threshold}`` of a ``pipeline.Segmenter`` (the ones its checkpoint recorded)."""
-    return segmenter.class_thresholds
-
-
 REGENERATE = "run `make checkpoints` to regenerate the demo checkpoints, or pass --checkpoints DIR"
 
 
@@ -109,8 +104,10 @@ class Studio:
         used (see ``pipeline.takes_upsampler``) and the label calibration when it applies."""
         name = GENERATORS[self.generator_name(generator)]
         sampler = self._get(name)
+        from fundus_studio.calibration import CALIBRATION
+
         return (name, *((UPSAMPLER,) if sampler.upsampler is not None else ()),
-                *(("label_calibration",) if sampler.calibration is not None else ()))
+                *((CALIBRATION,) if sampler.calibration is not None else ()))
 
     def reload(self, checkpoints: str | os.PathLike[str]) -> None:
         """Switch to another folder; models load again on next use."""
@@ -279,10 +276,10 @@ class Studio:
                     out[name] = str(info.get("sha256", ""))[:16]
                 except (OSError, json.JSONDecodeError):
                     out[name] = "unreadable"
-        from fundus_studio.calibration import calibration_hash
+        from fundus_studio.calibration import CALIBRATION, calibration_hash
 
         if (calibrated := calibration_hash(self.checkpoints)) is not None:
-            out["label_calibration"] = calibrated  # it changes what the flow prior's maps contain
+            out[CALIBRATION] = calibrated  # it changes what the flow prior's maps contain
         return out
 
     def describe(self) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from fundus_studio.calibration import CALIBRATION_FILE
-from fundus_studio.studio import CARD_FENCE, split_front_matter
+from fundus_studio.calibration import CALIBRATION, CALIBRATION_FILE
+from fundus_studio.studio import CARD_FENCE, UPSAMPLER, split_front_matter
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / "checkpoints" / "README.md"
@@ -60,7 +60,8 @@ def calibration_block(folder: Path) -> dict[str, Any] | None:
         return None
     info = _load(path)
     fit = info.get("fit") or {}
-    return {"file": CALIBRATION_FILE, "calibrates": [info["prior"]["file"], "label_upsampler.safetensors"],
+    calibrates = [info["prior"]["file"], *([f"{UPSAMPLER}.safetensors"] if info.get("upsampler") else [])]
+    return {"file": CALIBRATION_FILE, "calibrates": calibrates,
             "fitted_on": fit.get("data"), "maps_per_grade": fit.get("maps_per_grade"),
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
@@ -158,7 +159,7 @@ def front_matter(folder: Path = CHECKPOINTS, report_path: Path = REPORT) -> str:
                           "'Data' below and each checkpoint's trained_on"),
         "evaluation": {"report": "reports/phantoms/report.json", "command": report.get("command")},
         "checkpoints": checkpoints_block(folder),
-        **({"label_calibration": calibrated} if (calibrated := calibration_block(folder)) else {}),
+        **({CALIBRATION: calibrated} if (calibrated := calibration_block(folder)) else {}),
         "model-index": model_index(folder, report),
     }
     body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=120)

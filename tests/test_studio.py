@@ -8,7 +8,7 @@ import pytest
 from fundus_studio import labels
 from fundus_studio.editor import blank_template
 from fundus_studio.errors import CheckpointError, InputError
-from fundus_studio.studio import Studio, segmenter_thresholds
+from fundus_studio.studio import Studio
 
 SIZE = 64
 
@@ -83,7 +83,7 @@ def test_extract_photo_offers_lesions_as_suggestions_and_is_cached(studio: Studi
     assert got.photo.shape == (SIZE, SIZE, 3) and got.label_map.shape == (SIZE, SIZE)
     assert not np.isin(got.label_map, labels.LESIONS).any()  # the U-Net's finds are not in the map ...
     masks = studio.segment(photo, size=SIZE)
-    thresholds = segmenter_thresholds(studio.model("unet"))
+    thresholds = studio.model("unet").class_thresholds
     offered = {k: p >= thresholds[k] for k, p in got.suggestions.probabilities.items()}
     assert set(offered) == set(masks) and all(np.array_equal(offered[k], masks[k]) for k in masks)  # ... but offered
     assert (got.photo[got.label_map == labels.OUTSIDE] == 0).all()  # the squared photo the map belongs to

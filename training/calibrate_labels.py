@@ -32,7 +32,7 @@ from fundus_studio.calibration import CALIBRATION_FILE, LabelCalibration
 from fundus_studio.checkpoint import paths_for, read_info
 from fundus_studio.dataset import MANIFEST_FILE
 from fundus_studio.errors import StudioError
-from fundus_studio.pipeline import LabelSampler, probabilities_to_labels
+from fundus_studio.pipeline import probabilities_to_labels
 from fundus_studio.studio import GENERATORS, UPSAMPLER, Studio
 from training.harness import load_label_maps
 
@@ -113,9 +113,9 @@ def calibrate(cfg: CalibrateConfig) -> LabelCalibration:
         torch.set_num_threads(cfg.threads)
     studio = Studio.from_checkpoints(cfg.checkpoints, generator=cfg.generator)
     prior_path = studio.path(GENERATORS[cfg.generator])
-    used = studio.sampling_checkpoints(cfg.generator)
-    upsampler_path = studio.path(UPSAMPLER) if UPSAMPLER in used else None
-    sampler = LabelSampler.from_checkpoint(prior_path, upsampler=upsampler_path, calibrated=False)
+    # The Studio's sampler, loaded once; its probabilities and refine() come before any calibration.
+    sampler = studio.sampler(cfg.generator)
+    upsampler_path = studio.path(UPSAMPLER) if sampler.upsampler is not None else None
     target = training_shares(cfg.data, side=cfg.side)
     log_weights = torch.zeros(labels.NUM_GRADES, labels.NUM_CLASSES)
     report: dict[str, Any] = {}
