@@ -195,19 +195,41 @@ def test_in_photo_edit_mode_pixels_far_from_a_stamp_are_the_photos(page) -> None
     pg.screenshot(path=str(ARTIFACTS / "browser_photo_edit.png"), full_page=True)
 
 
+_ZOOM_JS = "[...document.querySelectorAll('#canvas span')].find(e => /^\\d+%$/.test(e.innerText.trim()))?.innerText"
+
+
+def _zoom_text(pg) -> str:
+    """The editor's zoom label (e.g. "452%")."""
+    return pg.evaluate(f"() => {_ZOOM_JS}") or ""
+
+
+def _wait_zoom_settled(pg, *, than: str) -> None:
+    """Wait until the editor has re-fitted the map after a resize: its zoom label differs from ``than`` and has
+    not changed for 0.6 s. Until then the map is still moving (a resize first puts its corner at the canvas
+    centre, then animates the fit), and a press there can land off the map and draw nothing."""
+    pg.wait_for_function(
+        f"""(than) => {{
+            const z = {_ZOOM_JS} || "", now = performance.now(), seen = window.__zoomSeen;
+            if (!seen || seen.z !== z) {{ window.__zoomSeen = {{z, t: now}}; return false; }}
+            return z !== than && now - seen.t > 600;
+        }}""", arg=than)
+
+
 def test_full_screen_enlarges_the_canvas_and_painting_still_renders(browser, server) -> None:
     pg = _new_page(browser, server)  # its own page: full screen must not carry over into other tests
     try:
         pg.wait_for_function("() => document.querySelector('#stats')?.innerText.includes('haemorrhage')")
         canvas = pg.locator("#canvas canvas").first
-        small, start = canvas.bounding_box(), _count(pg, "haemorrhage")
+        small, start, zoom = canvas.bounding_box(), _count(pg, "haemorrhage"), _zoom_text(pg)
         pg.locator("#fullscreen").click()
         pg.wait_for_function("() => document.fullscreenElement?.id === 'paint-area'")
         pg.wait_for_function("(h) => document.querySelector('#canvas canvas').getBoundingClientRect().height > h + 100",
                              arg=small["height"])
+        _wait_zoom_settled(pg, than=zoom)
         big = canvas.bounding_box()
         assert big["width"] > small["width"] and big["height"] > small["height"] + 100
         cx, cy = big["x"] + big["width"] / 2, big["y"] + big["height"] / 2
+        pg.mouse.move(cx - 60, cy, steps=3)  # hover in as a hand would: the editor tracks "over the map" on moves
         pg.mouse.move(cx - 40, cy)
         pg.mouse.down()
         for dx in range(-40, 41, 10):
