@@ -35,7 +35,7 @@ import gradio_client.utils  # noqa: E402
 from gradio.utils import NamedString, get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fundus_studio import editor, labels  # noqa: E402
+from fundus_studio import editor, labels, tempfiles  # noqa: E402
 from fundus_studio.errors import StudioError  # noqa: E402
 from fundus_studio.export import GalleryItem, export_items, write_download, zip_folder  # noqa: E402
 from fundus_studio.formats import export_dataset  # noqa: E402
@@ -460,13 +460,21 @@ def class_keys_js() -> str:
 
 @_guarded
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
-                  opacity: float, source: dict | None = None, mode: str = MODE_SYNTH):
-    """Every finished stroke: the painted map → view, statistics, current map and its render."""
+                  opacity: float, source: dict | None = None, mode: str = MODE_SYNTH,
+                  current: np.ndarray | None = None, photo: np.ndarray | None = None):
+    """Every finished stroke: the painted map → view, statistics, current map and its render.
+
+    ``current`` and ``photo``: the map last rendered and its render. The editor reports every new value a
+    handler gives it (a stamp, a start) as the user's input, a second or more later; that echo shows the map
+    rendered already and changes nothing (a new render would hold up the next click, and a new picture
+    arriving under the pointer can swallow a click on it)."""
     base = healthy_map() if base is None else base
     try:
         index_map = editor.painted_map(value, base=base)
     except StudioError as err:
         gr.Warning(_refused(err, "paint"))
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    if current is not None and photo is not None and np.array_equal(index_map, current):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     return _rendered(index_map, seed=seed, style=style, view=view, opacity=opacity, source=source, mode=mode)
 
@@ -740,8 +748,15 @@ def api_edit_photo(photo: str, label_map: str, seed: float) -> str:
 
 
 def _delete_cache(age: int) -> tuple[int, int]:
-    """Gradio's (how often, how old) for deleting its temporary files: look a few times per age."""
-    return max(10, age // 4), age
+    """Gradio's (how often, how old) for deleting its temporary files: only at shutdown (everything then);
+    while the app runs, ``tempfiles.start_sweeper`` deletes them (Gradio's periodic task dies at the first
+    upload that races it)."""
+    return tempfiles.NEVER_S, age
+
+
+def _sweep_every(age: int) -> int:
+    """How often the temporary files are swept: a few times per age."""
+    return max(10, age // 4)
 
 
 def build_demo() -> gr.Blocks:
@@ -901,7 +916,7 @@ def build_demo() -> gr.Blocks:
         discard_btn.click(discard_suggestions, edit_src, [edit_src, suggest_img, suggest_msg], api_visibility="private")
         # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
         # Only the latest canvas state is rendered when strokes arrive faster than renders.
-        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity, *editing],
+        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity, *editing, current, photo_now],
                      [shown, stats, current, photo_now], api_name="paint", trigger_mode="always_last")
         # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
         canvas.change(canvas_loaded, [canvas, base, current, seed, style, view, opacity, *editing],
@@ -1005,6 +1020,7 @@ def main() -> None:
         CANVAS_SIZE = args.size
         demo = build_demo()
     demo.delete_cache = _delete_cache(args.cache_age)  # read at launch
+    tempfiles.start_sweeper(demo, every_s=_sweep_every(args.cache_age), age_s=args.cache_age)
     auth = parse_auth(args.auth)
     if (warning := exposure_warning(args.host, auth)) is not None:
         print(warning, file=sys.stderr)

@@ -35,31 +35,38 @@ from benchmarks.app_latency import _free_port, _percentile, _wait_up  # noqa: E4
 from benchmarks.soak import CHROMIUM_ARGS  # noqa: E402
 
 RENDER_SRC = "() => document.querySelector('#render img')?.getAttribute('src') || ''"
+STAMP_MSG = "() => (document.querySelector('#stamp-msg')?.innerText || '').trim()"
 TIMEOUT_MS = 120_000
 
 
-def _click_times(page, *, clicks: int, kind: str) -> list[float]:
-    """Pick ``kind`` and click ``clicks`` places on the map half; seconds from each click to the new render."""
+def _click_times(page, *, clicks: int, kind: str, gap: float, first: int = 0) -> list[float]:
+    """Pick ``kind`` and click ``clicks`` places on the map half, ``gap`` seconds after each stamp's render;
+    seconds from each click to the render of that stamp (its message and a new image arrive together; the
+    image alone can also change by the editor's echo of the previous stamp). ``first``: the index of the first
+    place, so that every call clicks new places."""
     page.locator("#stamp-kind input").click()
     page.get_by_role("option", name=kind).click()
     page.mouse.click(5, 5)  # closes the dropdown
     img = page.locator("#render img")
     times = []
-    for i in range(clicks):
+    for i in range(first, first + clicks):
         box = img.bounding_box()
         # Places spread over the map's retina, left half of the side-by-side view.
         fx, fy = 0.12 + 0.26 * ((i * 0.37) % 1.0), 0.3 + 0.4 * ((i * 0.61) % 1.0)
-        before = page.evaluate(RENDER_SRC)
+        before = [page.evaluate(RENDER_SRC), page.evaluate(STAMP_MSG)]
         start = time.perf_counter()
         img.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
-        page.wait_for_function(f"(b) => ({RENDER_SRC})() !== b", arg=before, timeout=TIMEOUT_MS)
+        page.wait_for_function(f"([src, msg]) => ({RENDER_SRC})() !== src && ({STAMP_MSG})() !== msg"
+                               f" && ({STAMP_MSG})().startsWith('Stamped')", arg=before, timeout=TIMEOUT_MS)
         times.append(time.perf_counter() - start)
+        time.sleep(gap)
     return times
 
 
-def measure(url: str, *, clicks: int, chromium: str) -> dict[str, list[float]]:
+def measure(url: str, *, clicks: int, gaps: list[float], chromium: str) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
+    results = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -67,21 +74,30 @@ def measure(url: str, *, clicks: int, chromium: str) -> dict[str, list[float]]:
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             page.wait_for_function("() => document.querySelector('#stats')?.innerText.includes('haemorrhage')")
-            synth = _click_times(page, clicks=clicks, kind="blot_haemorrhage")
+            places = iter(range(0, 1000, clicks))
+            for gap in gaps:
+                results[f"stamp, synthesised render, {gap:g} s apart"] = _click_times(
+                    page, clicks=clicks, kind="blot_haemorrhage", gap=gap, first=next(places))
             before = page.evaluate(RENDER_SRC)
             page.locator("#example-photo").click()
             page.wait_for_function("() => (document.querySelector('#suggest-msg')?.innerText || '').includes('phantoms')")
             page.wait_for_function(f"(b) => ({RENDER_SRC})() !== b", arg=before)
-            edit = _click_times(page, clicks=clicks, kind="blot_haemorrhage")
+            time.sleep(max(gaps))
+            for gap in gaps:
+                results[f"stamp, edited photo, {gap:g} s apart"] = _click_times(
+                    page, clicks=clicks, kind="blot_haemorrhage", gap=gap, first=next(places))
         finally:
             browser.close()
-    return {"stamp, synthesised render": synth, "stamp, edited photo": edit}
+    return results
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     p.add_argument("--clicks", type=int, default=8)
+    p.add_argument("--gaps", default="2,0",
+                   help="seconds between a stamp's render and the next click, comma-separated (default 2,0: a user "
+                        "looking at each stamp, then clicks back to back)")
     p.add_argument("--chromium", default=os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
     args = p.parse_args()
     port = _free_port()
@@ -93,7 +109,8 @@ def main() -> int:
                                 stderr=subprocess.DEVNULL)
         try:
             _wait_up(url, proc)
-            results = measure(url, clicks=args.clicks, chromium=args.chromium)
+            results = measure(url, clicks=args.clicks, gaps=[float(g) for g in args.gaps.split(',')],
+                              chromium=args.chromium)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

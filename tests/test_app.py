@@ -141,6 +141,14 @@ def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
     # The canvas's own change event that follows renders nothing twice; a map loaded from elsewhere renders.
     assert app.canvas_loaded(new_value, stamped, current, *show) == (gr.skip(),) * 4
     assert app.canvas_loaded(app.editor.editor_value(base), base, current, *show)[2] is not None
+    # The editor also reports the stamped value as the user's input (its echo): nothing to render again; a
+    # stroke on top of it is rendered.
+    echo = app.paint_changed(new_value, stamped, *show, None, app.MODE_SYNTH, current, photo)
+    assert echo == (gr.skip(),) * 4
+    second = np.zeros((SIZE, SIZE, 4), np.uint8)
+    second[100:104, 40:50] = (*labels.CLASSES[labels.SOFT_EXUDATE].color, 255)
+    after = app.paint_changed({**new_value, "layers": [second]}, stamped, *show, None, app.MODE_SYNTH, current, photo)
+    assert (after[2][100:104, 40:50] == labels.SOFT_EXUDATE).all() and not np.array_equal(after[3], photo)
     added = (stamped == labels.HAEMORRHAGE) & (base != labels.HAEMORRHAGE)
     ys, xs = np.nonzero(added)
     assert added.sum() > 10 and abs(xs.mean() - 90.5) < 3 and abs(ys.mean() - 64.5) < 3
