@@ -969,8 +969,28 @@ def build_demo() -> gr.Blocks:
         a_btn.click(api_extract, [a_map], a_out, api_name="extract")
         a_btn.click(api_photo_map, [a_map], a_out, api_name="photo_map")
         a_btn.click(api_edit_photo, [a_style, a_map, a_seed], a_out, api_name="edit_photo")
+    share_compute_slots(demo)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     return demo
+
+
+# Handlers that run a model (render, sample, extract, segment): they share CONCURRENCY slots in all,
+# where Gradio gives each event its own. With a slot per event up to 8 model calls ran at once under
+# the soak's mix, for no more throughput on 2 cores, and the server's memory peaked with them (issue 14).
+COMPUTE = "compute"
+COMPUTE_HANDLERS = ("start_map", "paint_changed", "canvas_loaded", "stamp", "undo_stamp", "accept_suggestions",
+                    "rerender", "open_healthy", "sample_gallery", "export", "api_render", "api_sample",
+                    "api_extract", "api_photo_map", "api_edit_photo")
+
+
+def share_compute_slots(blocks: gr.Blocks) -> int:
+    """Put every model-running event of ``blocks`` in one concurrency group; how many were."""
+    shared = 0
+    for fn in blocks.fns.values():
+        if getattr(fn.fn, "__name__", None) in COMPUTE_HANDLERS:
+            fn.concurrency_id, fn.concurrency_limit = COMPUTE, CONCURRENCY
+            shared += 1
+    return shared
 
 
 demo = build_demo()

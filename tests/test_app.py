@@ -509,3 +509,34 @@ def test_uploads_leave_no_empty_temporary_files_behind(app, client, tmp_path) ->
     for seed in range(3):
         assert Path(client.predict(handle_file(str(path)), seed, api_name="/render")).is_file()
     assert loose() - before == set()
+
+
+def test_model_calls_share_the_compute_slots_across_endpoints(app, client, tmp_path, monkeypatch) -> None:
+    """Renders and extractions together never run more than CONCURRENCY at once (each event would have
+    its own CONCURRENCY slots otherwise: the memory peak of issue 14)."""
+    import threading
+    import time
+
+    from gradio_client import handle_file
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(result):
+        def call(*args, **kwargs):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.4)
+            with lock:
+                running[0] -= 1
+            return result
+        return call
+
+    monkeypatch.setattr(app.STUDIO, "render", slow(np.zeros((SIZE, SIZE, 3), np.uint8)))
+    monkeypatch.setattr(app.STUDIO, "extract", slow(np.zeros((SIZE, SIZE), np.uint8)))
+    label_map = save_label_png(tmp_path / "map.png", _painted_map())
+    photo = save_png(tmp_path / "photo.png", np.full((SIZE, SIZE, 3), 120, np.uint8))
+    jobs = [client.submit(handle_file(str(label_map)), i, api_name="/render") for i in range(3)]
+    jobs += [client.submit(handle_file(str(photo)), api_name="/extract") for _ in range(3)]
+    assert all(Path(job.result(timeout=60)).exists() for job in jobs)
+    assert peak[0] == app.CONCURRENCY
