@@ -1040,7 +1040,7 @@ def main() -> None:
         CANVAS_SIZE = args.size
         demo = build_demo()
     demo.delete_cache = _delete_cache(args.cache_age)  # read at launch
-    tempfiles.start_sweeper(demo, every_s=_sweep_every(args.cache_age), age_s=args.cache_age)
+    tempfiles.start_sweeper(demo, every_s=_sweep_every(args.cache_age), age_s=args.cache_age, folders=(OUTPUT_DIR,))
     auth = parse_auth(args.auth)
     if (warning := exposure_warning(args.host, auth)) is not None:
         print(warning, file=sys.stderr)

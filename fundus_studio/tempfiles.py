@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,40 @@ def sweep(blocks: Any, *, age_s: float, now: float | None = None) -> int:
     return deleted
 
 
-def start_sweeper(blocks: Any, *, every_s: float, age_s: float,
+def sweep_folder(folder: Path, *, age_s: float, now: float | None = None) -> int:
+    """Delete the files below ``folder`` created more than ``age_s`` seconds before ``now``, then its
+    emptied subfolders as old; the number of files deleted. For a folder only this app writes to: what a
+    handler wrote there but Gradio never served (a result the page no longer waited for) is in none of
+    Gradio's sets."""
+    now = time.time() if now is None else now
+    deleted = 0
+    for path in sorted(Path(folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files, then folders
+        try:
+            if now - path.lstat().st_ctime <= age_s:
+                continue
+            if path.is_dir():
+                path.rmdir()  # only if empty
+            else:
+                path.unlink()
+                deleted += 1
+        except OSError:  # gone meanwhile, or a folder not empty yet
+            continue
+    return deleted
+
+
+def start_sweeper(blocks: Any, *, every_s: float, age_s: float, folders: tuple[Path, ...] = (),
                   stop: threading.Event | None = None) -> threading.Thread:
-    """A daemon thread that runs ``sweep`` every ``every_s`` seconds; ``stop`` ends it."""
+    """A daemon thread that runs ``sweep`` (and ``sweep_folder`` on each of ``folders``) every ``every_s``
+    seconds; ``stop`` ends it."""
     stop = stop or threading.Event()
 
     def run() -> None:
         total = 0
         while not stop.wait(every_s):
             try:
-                total += (deleted := sweep(blocks, age_s=age_s))
+                deleted = sweep(blocks, age_s=age_s)
+                deleted += sum(sweep_folder(folder, age_s=age_s) for folder in folders)
+                total += deleted
             except Exception:  # noqa: BLE001 - a sweep must never end the sweeper
                 log.exception("sweeping temporary files failed; next try in %.0f s", every_s)
                 continue

@@ -67,3 +67,13 @@ def test_sweeper_thread_keeps_going_after_an_error(tmp_path) -> None:
     stop.set()
     thread.join(timeout=2)
     assert len(calls) >= 2 and not (tmp_path / "x/composite.png").exists()
+
+
+def test_sweep_folder_deletes_old_files_and_emptied_folders(tmp_path) -> None:
+    (tmp_path / "export-abc").mkdir()
+    (tmp_path / "export-abc" / "set.zip").write_bytes(b"zip")
+    (tmp_path / "view-1.png").write_bytes(b"png")
+    assert tempfiles.sweep_folder(tmp_path, age_s=60) == 0  # all young
+    assert tempfiles.sweep_folder(tmp_path, age_s=60, now=time.time() + 61) == 2
+    assert list(tmp_path.iterdir()) == []  # the emptied export folder went too
+    assert tempfiles.sweep_folder(tmp_path / "missing", age_s=0) == 0
