@@ -506,7 +506,11 @@ def _rendered(index_map: np.ndarray, *, seed: float, style: str | None, view: st
 def canvas_loaded(value: dict | None, base: np.ndarray | None, current: np.ndarray | None, seed: float,
                   style: str | None, view: str, opacity: float, source: dict | None = None, mode: str = MODE_SYNTH):
     """The canvas replaced by a handler (start, gallery, stamp): render it, unless it shows the map rendered
-    already (a stamp renders at once, without waiting for the canvas's round trip)."""
+    already (a stamp renders at once, without waiting for the canvas's round trip). The editor fires this
+    for the user's strokes too; those are ``paint_changed``'s (rendering them here as well rendered every
+    stroke twice: the soak found one unserved render per stroke)."""
+    if editor.has_strokes(value):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     base = healthy_map() if base is None else base
     if current is not None and np.array_equal(editor.painted_map(value, base=base), current):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()

@@ -104,6 +104,15 @@ def _resize_nearest(index_map: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(index_map, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def has_strokes(value: dict[str, Any] | None) -> bool:
+    """Whether the canvas value carries the user's strokes (a layer with any painted pixel); a value set
+    by a handler has none."""
+    for layer in (value or {}).get("layers") or []:
+        if layer is not None and np.asarray(layer).ndim == 3 and np.asarray(layer)[..., 3].any():
+            return True
+    return False
+
+
 def painted_map(value: dict[str, Any] | None, *, base: np.ndarray, nearest: bool = True) -> np.ndarray:
     """The label map the canvas shows: ``base`` under the user's strokes.
 

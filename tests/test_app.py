@@ -141,6 +141,8 @@ def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
     # The canvas's own change event that follows renders nothing twice; a map loaded from elsewhere renders.
     assert app.canvas_loaded(new_value, stamped, current, *show) == (gr.skip(),) * 4
     assert app.canvas_loaded(app.editor.editor_value(base), base, current, *show)[2] is not None
+    # A stroke fires the canvas's change event too: it is the input event's to render, not rendered twice.
+    assert app.canvas_loaded({**value, "background": None}, base, current, *show) == (gr.skip(),) * 4
     # The editor also reports the stamped value as the user's input (its echo): nothing to render again; a
     # stroke on top of it is rendered.
     echo = app.paint_changed(new_value, stamped, *show, None, app.MODE_SYNTH, current, photo)
