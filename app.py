@@ -461,20 +461,20 @@ def class_keys_js() -> str:
 @_guarded
 def paint_changed(value: dict | None, base: np.ndarray | None, seed: float, style: str | None, view: str,
                   opacity: float, source: dict | None = None, mode: str = MODE_SYNTH,
-                  current: np.ndarray | None = None, photo: np.ndarray | None = None):
+                  current: np.ndarray | None = None):
     """Every finished stroke: the painted map → view, statistics, current map and its render.
 
-    ``current`` and ``photo``: the map last rendered and its render. The editor reports every new value a
-    handler gives it (a stamp, a start) as the user's input, a second or more later; that echo shows the map
-    rendered already and changes nothing (a new render would hold up the next click, and a new picture
-    arriving under the pointer can swallow a click on it)."""
+    ``current``: the map last rendered. A map equal to it changes nothing and is not rendered again: the
+    editor reports every new value a handler gives it (a stamp, a start) as the user's input a second or
+    more later, and a second render of that echo would hold up the next click (and a new picture arriving
+    under the pointer can swallow a click on it)."""
     base = healthy_map() if base is None else base
     try:
         index_map = editor.painted_map(value, base=base)
     except StudioError as err:
         gr.Warning(_refused(err, "paint"))
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    if current is not None and photo is not None and np.array_equal(index_map, current):
+    if current is not None and np.array_equal(index_map, current):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     return _rendered(index_map, seed=seed, style=style, view=view, opacity=opacity, source=source, mode=mode)
 
@@ -511,10 +511,7 @@ def canvas_loaded(value: dict | None, base: np.ndarray | None, current: np.ndarr
     stroke twice: the soak found one unserved render per stroke)."""
     if editor.has_strokes(value):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    base = healthy_map() if base is None else base
-    if current is not None and np.array_equal(editor.painted_map(value, base=base), current):
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return paint_changed(value, base, seed, style, view, opacity, source, mode)
+    return paint_changed(value, base, seed, style, view, opacity, source, mode, current)
 
 
 @_guarded
@@ -920,7 +917,7 @@ def build_demo() -> gr.Blocks:
         discard_btn.click(discard_suggestions, edit_src, [edit_src, suggest_img, suggest_msg], api_visibility="private")
         # `.input`, not `.change`: in Gradio 6.31 `.change` skipped the first stroke after page load.
         # Only the latest canvas state is rendered when strokes arrive faster than renders.
-        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity, *editing, current, photo_now],
+        canvas.input(paint_changed, [canvas, base, seed, style, view, opacity, *editing, current],
                      [shown, stats, current, photo_now], api_name="paint", trigger_mode="always_last")
         # A loaded map (start, gallery) replaces the canvas value programmatically: render it too.
         canvas.change(canvas_loaded, [canvas, base, current, seed, style, view, opacity, *editing],
@@ -982,16 +979,16 @@ def build_demo() -> gr.Blocks:
 # where Gradio gives each event its own. With a slot per event up to 8 model calls ran at once under
 # the soak's mix, for no more throughput on 2 cores, and the server's memory peaked with them (issue 14).
 COMPUTE = "compute"
-COMPUTE_HANDLERS = ("start_map", "paint_changed", "canvas_loaded", "stamp", "undo_stamp", "accept_suggestions",
-                    "rerender", "open_healthy", "sample_gallery", "export", "api_render", "api_sample",
-                    "api_extract", "api_photo_map", "api_edit_photo")
+COMPUTE_HANDLERS = (start_map, paint_changed, canvas_loaded, stamp, undo_stamp, accept_suggestions, rerender,
+                    open_healthy, sample_gallery, export, api_render, api_sample, api_extract, api_photo_map,
+                    api_edit_photo)
 
 
 def share_compute_slots(blocks: gr.Blocks) -> int:
     """Put every model-running event of ``blocks`` in one concurrency group; how many were."""
     shared = 0
     for fn in blocks.fns.values():
-        if getattr(fn.fn, "__name__", None) in COMPUTE_HANDLERS:
+        if fn.fn in COMPUTE_HANDLERS:
             fn.concurrency_id, fn.concurrency_limit = COMPUTE, CONCURRENCY
             shared += 1
     return shared

@@ -107,10 +107,8 @@ def _resize_nearest(index_map: np.ndarray, size: int) -> np.ndarray:
 def has_strokes(value: dict[str, Any] | None) -> bool:
     """Whether the canvas value carries the user's strokes (a layer with any painted pixel); a value set
     by a handler has none."""
-    for layer in (value or {}).get("layers") or []:
-        if layer is not None and np.asarray(layer).ndim == 3 and np.asarray(layer)[..., 3].any():
-            return True
-    return False
+    layers = (np.asarray(layer) for layer in (value or {}).get("layers") or [] if layer is not None)
+    return any(layer.ndim == 3 and layer.shape[2] == 4 and layer[..., 3].any() for layer in layers)
 
 
 def painted_map(value: dict[str, Any] | None, *, base: np.ndarray, nearest: bool = True) -> np.ndarray:

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 NEVER_S = 10 ** 9
 
 
+def _age_s(path: str | os.PathLike[str], now: float) -> float:
+    """Seconds since ``path`` was created, by its ctime as Gradio counts (the link itself, not its target)."""
+    return now - os.lstat(path).st_ctime
+
+
 def kept_files(blocks: Any) -> set[str]:
     """Files a component asks to keep (examples, defaults): never deleted."""
     kept: set[str] = set()
@@ -40,7 +45,7 @@ def sweep(blocks: Any, *, age_s: float, now: float | None = None) -> int:
             if str(name) in kept:
                 continue
             try:
-                if now - os.lstat(name).st_ctime <= age_s:
+                if _age_s(name, now) <= age_s:
                     continue
                 os.remove(name)
                 deleted += 1
@@ -62,7 +67,7 @@ def sweep_folder(folder: Path, *, age_s: float, now: float | None = None) -> int
     deleted = 0
     for path in sorted(Path(folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files, then folders
         try:
-            if now - path.lstat().st_ctime <= age_s:
+            if _age_s(path, now) <= age_s:
                 continue
             if path.is_dir():
                 path.rmdir()  # only if empty

@@ -145,11 +145,11 @@ def test_a_stamp_lands_where_clicked_and_can_be_undone(app) -> None:
     assert app.canvas_loaded({**value, "background": None}, base, current, *show) == (gr.skip(),) * 4
     # The editor also reports the stamped value as the user's input (its echo): nothing to render again; a
     # stroke on top of it is rendered.
-    echo = app.paint_changed(new_value, stamped, *show, None, app.MODE_SYNTH, current, photo)
+    echo = app.paint_changed(new_value, stamped, *show, None, app.MODE_SYNTH, current)
     assert echo == (gr.skip(),) * 4
     second = np.zeros((SIZE, SIZE, 4), np.uint8)
     second[100:104, 40:50] = (*labels.CLASSES[labels.SOFT_EXUDATE].color, 255)
-    after = app.paint_changed({**new_value, "layers": [second]}, stamped, *show, None, app.MODE_SYNTH, current, photo)
+    after = app.paint_changed({**new_value, "layers": [second]}, stamped, *show, None, app.MODE_SYNTH, current)
     assert (after[2][100:104, 40:50] == labels.SOFT_EXUDATE).all() and not np.array_equal(after[3], photo)
     added = (stamped == labels.HAEMORRHAGE) & (base != labels.HAEMORRHAGE)
     ys, xs = np.nonzero(added)
