@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from fundus_studio.calibration import LabelCalibration, calibration_for
 from fundus_studio.checkpoint import load_model, paths_for, read_info
 from fundus_studio.errors import CheckpointError, InputError
-from fundus_studio.labels import LESIONS, NAMES, NUM_CLASSES, NUM_GRADES, OUTSIDE, check_index_map
+from fundus_studio.labels import LESIONS, NAMES, NUM_CLASSES, NUM_GRADES, OUTSIDE, VESSEL, check_index_map
 from fundus_studio.models.acgan import Generator
 from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
 from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
 from fundus_studio.models.spade import SpadeGenerator, StyleEncoder, fold_spectral_norm
 from fundus_studio.models.unet import UNet
 from fundus_studio.style import PhotoCache, StyleCache, StyleConfig, apply_style
+from fundus_studio.vessel_tree import VesselTreeConfig, redraw_vessels
 
 # A disc whose radius reaches the corners covers the whole square.
 MAX_FOV_RADIUS: float = math.sqrt(2.0)
@@ -60,6 +61,9 @@ class LabelSamplingConfig:
     batch_size: int = 16  # maps per generator call (does not change the result)
     upsample_batch: int = 4  # maps per label-upsampler call (bounds memory at 512²; no effect on the result)
     flow: FlowSamplingConfig = FlowSamplingConfig()  # ODE integration of a flow-matching prior
+    # Vessels drawn as a tree from the vessel probability (fundus_studio.vessel_tree); None: arg-max
+    # vessels (blobs and fragments from a coarse prior, docs/training.md).
+    vessel_tree: VesselTreeConfig | None = VesselTreeConfig()
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.batch_size < 1 or self.upsample_batch < 1:
@@ -84,17 +88,19 @@ def estimate_fov_radius(probs: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(inside * 4.0 / math.pi).clamp(min=1e-3, max=MAX_FOV_RADIUS)
 
 
-def probabilities_to_labels(probs: torch.Tensor, *, size: int, fov_radius: float | None = None) -> torch.Tensor:
-    """(B, C, R, R) probabilities → (B, size, size) uint8 index maps with a clean circular FOV.
-
-    Resizing the probabilities (bilinear up, area down), not the indices, gives smooth class boundaries.
-    """
+def resize_probabilities(probs: torch.Tensor, *, size: int) -> torch.Tensor:
+    """(B, C, R, R) → (B, C, size, size): bilinear up, area down (probabilities, never labels, are
+    resized: smooth class boundaries)."""
     if probs.shape[-1] < size:
-        probs = F.interpolate(probs, size=(size, size), mode="bilinear", align_corners=False)
-    elif probs.shape[-1] > size:
-        probs = F.interpolate(probs, size=(size, size), mode="area")
-    else:
-        probs = probs.clone()  # modified below; the caller's tensor is left alone
+        return F.interpolate(probs, size=(size, size), mode="bilinear", align_corners=False)
+    if probs.shape[-1] > size:
+        return F.interpolate(probs, size=(size, size), mode="area")
+    return probs
+
+
+def probabilities_to_labels(probs: torch.Tensor, *, size: int, fov_radius: float | None = None) -> torch.Tensor:
+    """(B, C, R, R) probabilities → (B, size, size) uint8 index maps with a clean circular FOV."""
+    probs = resize_probabilities(probs, size=size).clone()  # modified below; the caller's tensor is left alone
     radius = (estimate_fov_radius(probs) if fov_radius is None
               else torch.full((probs.shape[0],), float(fov_radius), device=probs.device))
     disc = fov_disc(size, radius, device=probs.device)
@@ -246,8 +252,18 @@ class LabelSampler:
                 fine = self.refine(p)
                 if self.calibration is not None:
                     fine = self.calibration.apply(fine, g)
-                maps.append(probabilities_to_labels(fine, size=size, fov_radius=self.config.fov_radius).cpu())
-        return torch.cat(maps).numpy()
+                maps.append(self.decode(fine, size=size))
+        return np.concatenate(maps)
+
+    def decode(self, probs: torch.Tensor, *, size: int) -> np.ndarray:
+        """(B, C, R, R) probabilities → (B, size, size) uint8 maps: arg-max inside a clean field of
+        view, then (with ``config.vessel_tree``) the vessels redrawn as a tree."""
+        probs = resize_probabilities(probs, size=size)
+        maps = probabilities_to_labels(probs, size=size, fov_radius=self.config.fov_radius).cpu().numpy()
+        if self.config.vessel_tree is None:
+            return maps
+        p_vessel = probs[:, VESSEL].float().cpu().numpy()
+        return np.stack([redraw_vessels(p, m, config=self.config.vessel_tree) for p, m in zip(p_vessel, maps)])
 
     def sample(self, *, grade: int, count: int, seed: int, size: int | None = None) -> np.ndarray:
         """``count`` maps of DR ``grade`` → (count, size, size) uint8 class indices."""

@@ -103,3 +103,17 @@ def test_memorisation_exposes_a_generator_that_copies_its_training_maps() -> Non
     assert copied["generated_median"] == 0.0 < copied["real_median"]
     fresh = memorisation(held_out, held_out, train)
     assert fresh["generated_median"] == pytest.approx(fresh["real_median"])
+
+
+def test_memorisation_without_vessels_ignores_how_thick_the_vessels_are() -> None:
+    from training.evaluate_labels import memorisation
+
+    train = np.stack([with_disc(retina(), centre=(int(x), 128)) for x in (70, 110, 150, 190)])
+    thick, thin = train.copy(), train.copy()
+    for m in thick:
+        cv2.line(m, (50, 60), (206, 60), labels.VESSEL, 12)  # survives at 64² (area resize)
+    for m in thin:
+        cv2.line(m, (50, 60), (206, 60), labels.VESSEL, 1)  # vanishes at 64²
+    result = memorisation(thin, thick, train)
+    assert result["generated_median"] < result["real_median"]  # the thin maps look "nearer" as measured
+    assert result["generated_median_without_vessels"] == result["real_median_without_vessels"] == 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 from pathlib import Path
 
@@ -135,6 +137,17 @@ def test_sampler_uses_the_upsampler_and_resizes_to_any_side() -> None:
     assert with_up.output_resolution == 64 and without.output_resolution == 16
     assert not np.array_equal(with_up.sample_grades([2], seed=0), without.sample_grades([2], seed=0))
     assert with_up.sample_grades([2], seed=0, size=40).shape == (1, 40, 40)  # area-downsampled probabilities
+
+
+def test_the_vessel_tree_changes_only_vessel_pixels_of_the_argmax_map() -> None:
+    tree = tiny_sampler()
+    argmax = LabelSampler(tree.prior, upsampler=tree.upsampler,
+                          config=dataclasses.replace(tree.config, vessel_tree=None))
+    a, b = tree.sample_grades([0, 4], seed=3), argmax.sample_grades([0, 4], seed=3)
+    changed = a != b
+    assert changed.any()  # the tiny prior's vessel probability has tips: a tree was drawn
+    vessel_related = (labels.VESSEL, labels.RETINA, labels.OPTIC_DISC)
+    assert np.isin(a[changed], vessel_related).all() and np.isin(b[changed], vessel_related).all()
 
 
 def test_sampler_refuses_an_upsampler_of_another_side() -> None:

@@ -41,6 +41,7 @@ from fundus_studio.errors import CheckpointError, StudioError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.grade_classifier import GradeClassifier
 from fundus_studio.pipeline import FlowSamplingConfig, LabelSampler, LabelSamplingConfig, takes_upsampler
+from fundus_studio.vessel_tree import VesselTreeConfig
 from training import anatomy, harness
 from training.evaluate_segmentation import number
 from training.grade_classifier import predict
@@ -63,6 +64,7 @@ class EvalConfig:
     seed: int = 0  # sampling seed
     diversity_pairs: int = 200  # random pairs per grade for the disagreement estimate
     calibrated: bool = True  # use label_calibration.json beside the checkpoint when it fits (its lesion weights)
+    vessel_tree: bool = True  # vessels drawn as a tree (fundus_studio.vessel_tree); False: arg-max vessels
 
     def __post_init__(self) -> None:
         if self.per_grade < 2 or self.diversity_pairs < 1 or self.size < 16:
@@ -137,9 +139,17 @@ def memorisation(generated: np.ndarray, real: np.ndarray, train: np.ndarray) -> 
     train_small = train if train.shape[-1] == side else _downsample(train, side, "area")
     gen_d = anatomy.nearest_distances(small["gen"], train_small)
     real_d = anatomy.nearest_distances(small["real"], train_small)
+    # The same with vessels read as retina: at 64² the distance also counts how many vessel pixels
+    # survive, so maps with thinner vessels than the real ones look nearer to every training map.
+    no_vessels = {k: _downsample(np.where(v == labels.VESSEL, labels.RETINA, v).astype(np.uint8), side, "area")
+                  for k, v in (("gen", generated), ("real", real), ("train", train))}
+    gen_nv = anatomy.nearest_distances(no_vessels["gen"], no_vessels["train"])
+    real_nv = anatomy.nearest_distances(no_vessels["real"], no_vessels["train"])
     return {"side": side, "train_count": len(train), "generated_median": float(np.median(gen_d)),
             "real_median": float(np.median(real_d)), "generated_min": float(gen_d.min()),
-            "generated_p05": float(np.quantile(gen_d, 0.05)), "real_p05": float(np.quantile(real_d, 0.05))}
+            "generated_p05": float(np.quantile(gen_d, 0.05)), "real_p05": float(np.quantile(real_d, 0.05)),
+            "generated_median_without_vessels": float(np.median(gen_nv)),
+            "real_median_without_vessels": float(np.median(real_nv))}
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -162,8 +172,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     else:  # another dataset (e.g. a test set): every map is unseen by the classifier
         held, held_source = real, "whole dataset (not the classifier's training data)"
     upsampler = _upsampler(cfg)
-    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler, calibrated=cfg.calibrated,
-                                           config=LabelSamplingConfig(size=cfg.size, flow=cfg.flow))
+    sampling = LabelSamplingConfig(size=cfg.size, flow=cfg.flow, vessel_tree=VesselTreeConfig() if cfg.vessel_tree else None)
+    sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler, calibrated=cfg.calibrated, config=sampling)
     grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
     full = sampler.sample_grades(grades.tolist(), seed=cfg.seed)  # (N, size, size)
     generated = _downsample(full, side, mode)  # as the classifier's real maps were brought to its side
@@ -172,7 +182,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "upsampler": None if upsampler is None else str(upsampler),
                               "classifier": str(classifier_path), "data": str(cfg.data), "resolution": side,
                               "size": cfg.size, "maps_per_grade": cfg.per_grade,
-                              "calibrated": sampler.calibration is not None}
+                              "calibrated": sampler.calibration is not None,
+                              "vessels": "tree" if cfg.vessel_tree else "argmax"}
     pred_gen = predict(classifier, torch.from_numpy(generated))
     fidelity = {"generated": {"accuracy": float((pred_gen == grades).mean()),
                               "kappa": quadratic_weighted_kappa(grades, pred_gen), "count": len(grades)}}
@@ -271,11 +282,14 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-calibration", action="store_true",
                         help="ignore label_calibration.json beside the checkpoint (compare with and without)")
+    parser.add_argument("--vessels", choices=("tree", "argmax"), default="tree",
+                        help="how vessels are drawn: a tree from the vessel probability (default) or its arg-max")
     args = parser.parse_args(argv)
     try:
         return EvalConfig(checkpoint=args.checkpoint, data=args.data, classifier=args.classifier, out=args.out,
                           per_grade=args.per_grade, seed=args.seed, upsampler=args.upsampler,
                           train_data=args.train_data, size=args.size, calibrated=not args.no_calibration,
+                          vessel_tree=args.vessels == "tree",
                           flow=FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance))
     except ValueError as err:
         parser.error(str(err))

@@ -55,6 +55,7 @@ from fundus_studio.dataset import MANIFEST_FILE, DatasetWriter, Sample, StudioDa
 from fundus_studio.errors import CheckpointError, DatasetError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.unet import UNet
+from fundus_studio.pipeline import LabelSamplingConfig
 from fundus_studio.studio import GENERATORS, UPSAMPLER, Studio, pair_seeds
 from training import (
     copy_paste,
@@ -167,6 +168,8 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     """Write OUT/config.json, or check a re-run against it; return the settings."""
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "stages", "threads", "jobs")}
     settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
+    # How sampled maps are decoded (not a checkpoint, but it changes every generated map).
+    settings["vessel_tree"] = config_to_dict(LabelSamplingConfig().vessel_tree)
     # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
     settings["data_manifest_sha256"] = hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest()
     if cfg.segmenter is not None:

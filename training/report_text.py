@@ -309,17 +309,34 @@ def generators_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _vessels(r: dict[str, Any]) -> str:
+    if r.get("vessels") == "tree":
+        return (" Vessels are drawn as a tree from the sampler's vessel probability "
+                "(`fundus_studio/vessel_tree.py`), not by its arg-max.")
+    return " Vessels are the arg-max of the sampler's probabilities." if r.get("vessels") == "argmax" else ""
+
+
+def _without_vessels(r: dict[str, Any]) -> str:
+    """The memorisation medians with vessels read as retina, when measured (a diagnostic, not a target)."""
+    mem = r.get("memorisation") or {}
+    gen, real = mem.get("generated_median_without_vessels"), mem.get("real_median_without_vessels")
+    if gen is None or real is None:
+        return ""
+    return (f"; with vessels read as retina (how many vessel pixels survive at 64² moves the distance), "
+            f"{number(gen, 4)} against {number(real, 4)}")
+
+
 def label_section(r: dict[str, Any]) -> list[str]:
     name = r.get("generator", "the generator")
     lines = [f"## 1. Label maps (default generator: {name})", "",
              (f"{r['maps_per_grade']} generated maps per grade at {r.get('size', r['resolution'])}² against the "
               f"real maps of `{r['data']}`. Grade fidelity is judged by `{r['classifier']}` at {r['resolution']}²."
-              " Anatomy (training/anatomy.py): one optic disc of plausible size (equivalent diameter 0.07–0.20 of "
+              + _vessels(r) + " Anatomy (training/anatomy.py): one optic disc of plausible size (equivalent diameter 0.07–0.20 of "
               "the field of view, after closing the gaps vessels cut); vessel share of the field of view; tree "
               "connectivity (share of vessel pixels in the largest component of vessels + disc); mean vessel "
               "width (vessel area / skeleton length); lesion share of the field of view; diversity (share of "
               "pixels two maps of one grade differ on). Memorisation: median share of differing pixels to the "
-              "nearest training map at 64², generated maps against held-out real ones."), ""]
+              "nearest training map at 64², generated maps against held-out real ones" + _without_vessels(r) + "."), ""]
     if "anatomy" in r:
         lines += ["### Generators side by side", "", *generators_table(r), "",
                   f"### Anatomy per grade ({name})", "", *anatomy_table(r), ""]
