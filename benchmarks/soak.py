@@ -40,6 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fundus_studio.editor import class_keys  # noqa: E402
+from fundus_studio.labels import NAMES, OUTSIDE  # noqa: E402
+
 STARTUP_TIMEOUT_S = 180.0
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -48,6 +51,13 @@ MIX = {"render": 0.45, "sample": 0.15, "extract": 0.15, "export": 0.05, "bad": 0
 STALE_EXAMPLES = 10  # paths of stale temporary files kept per measurement (what leaks, if anything does)
 RENDER_SEEDS = 4  # few seeds on purpose: identical renders for different users (the cut-off download)
 MIB = 1024 * 1024
+# True once the editor's zoom label (e.g. "452%") has not changed for 0.6 s: the canvas has stopped moving.
+ZOOM_SETTLED_JS = """() => {
+    const z = [...document.querySelectorAll('#canvas span')].find(e => /^\\d+%$/.test(e.innerText.trim()))?.innerText || "";
+    const now = performance.now(), seen = window.__zoomSeen;
+    if (!seen || seen.z !== z) { window.__zoomSeen = {z, t: now}; return false; }
+    return now - seen.t > 600;
+}"""
 # Messages the studio gives for each bad input (the start of its reason).
 BAD_INPUTS = {"notes.png": ("render", "not an image file"), "photo_as_map.png": ("render", "outside the label palette"),
               "cut.png": ("extract", "unreadable or truncated"), "tiny.png": ("extract", "at least 64 px")}
@@ -246,10 +256,28 @@ def browser_painter(url: str, *, strokes: int, seed: int, t0: float, out: list[R
             canvas = page.locator("#canvas canvas").first
             canvas.wait_for(state="visible")
             page.wait_for_function("() => !!document.querySelector('#render img')")
+            # The page first shows a blank field of view, then replaces it with a healthy retina: a stroke
+            # painted before that replacement is wiped with the blank canvas.
+            page.wait_for_function("() => (document.querySelector('#start-msg')?.innerText || '').includes('healthy retina')")
+            page.wait_for_function(ZOOM_SETTLED_JS)
             box = canvas.bounding_box()
             cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.3
-            for _ in range(strokes):
+            # Each stroke takes the next paintable class but the outside (number keys, editor.class_keys), so
+            # that it changes the map: a stroke of one class over ground it already painted changes nothing
+            # and rightly gets no new render.
+            keys = [k for k, name in class_keys().items() if name != NAMES[OUTSIDE]]
+            for i in range(strokes):
                 before = page.evaluate(render_src)
+                key = keys[i % len(keys)]
+                page.mouse.click(5, 5)  # focus off any field: keys typed into a text box pick no class
+                page.keyboard.press(key)
+                page.wait_for_function(
+                    "(n) => document.querySelector('#paint-class input[type=radio]:checked')?.value === n",
+                    arg=class_keys()[key])
+                # The class change sends the canvas a new brush; a press while the editor re-lays itself out
+                # can land off the map and draw nothing. Wait until its zoom label has held for 0.6 s.
+                page.wait_for_timeout(300)
+                page.wait_for_function(ZOOM_SETTLED_JS)
                 x, y = cx + rng.uniform(-r, r), cy + rng.uniform(-r, r)
                 start = time.monotonic()
                 page.mouse.move(x, y)
