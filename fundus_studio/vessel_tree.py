@@ -65,7 +65,7 @@ class VesselTreeConfig:
 def _disc_seed(disc: np.ndarray, p_vessel: np.ndarray) -> tuple[int, int]:
     """Where the tree starts: the centroid of the largest disc component; without a disc, the point
     where the blurred vessel mass is densest (where the arcades meet)."""
-    n, comp, stats, centroids = cv2.connectedComponentsWithStats(disc.astype(np.uint8), connectivity=8)
+    n, _, stats, centroids = cv2.connectedComponentsWithStats(disc.astype(np.uint8), connectivity=8)
     if n > 1:
         big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         cx, cy = centroids[big]
@@ -87,10 +87,11 @@ def tips_served(p_vessel: np.ndarray, fov: np.ndarray, disc: np.ndarray, *,
     if not fov[seed]:
         return count
     mcp = MCP_Geometric(cost)
-    mcp.find_costs([seed])
+    reach, _ = mcp.find_costs([seed])
     candidates = np.where(fov & ~disc, p_vessel, 0.0)
     tips = peak_local_max(candidates, min_distance=config.tip_spacing, threshold_abs=config.tip_threshold,
                           exclude_border=False)
+    tips = tips[np.isfinite(reach[tips[:, 0], tips[:, 1]])]  # a field of view in pieces: the seed's piece only
     for tip in tips:
         path = np.asarray(mcp.traceback(tuple(int(v) for v in tip)))
         count[path[:, 0], path[:, 1]] += 1.0

@@ -95,3 +95,11 @@ def test_no_vessel_probability_leaves_the_map_as_it_is() -> None:
 def test_invalid_configs_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         VesselTreeConfig(**bad)
+
+
+def test_tips_the_disc_cannot_reach_are_left_out() -> None:
+    probs, index = _scene()
+    index[:, 84:86] = labels.OUTSIDE  # a field of view cut in two: the arms' ends lie beyond the cut
+    out = redraw_vessels(probs[labels.VESSEL], index)
+    assert not (out[:, 86:] == labels.VESSEL).any()
+    assert (out[:, :84] == labels.VESSEL).any()
