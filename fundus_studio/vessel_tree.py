@@ -87,14 +87,26 @@ def tips_served(p_vessel: np.ndarray, fov: np.ndarray, disc: np.ndarray, *,
     if not fov[seed]:
         return count
     mcp = MCP_Geometric(cost)
-    reach, _ = mcp.find_costs([seed])
+    reach, steps = mcp.find_costs([seed])
     candidates = np.where(fov & ~disc, p_vessel, 0.0)
     tips = peak_local_max(candidates, min_distance=config.tip_spacing, threshold_abs=config.tip_threshold,
                           exclude_border=False)
     tips = tips[np.isfinite(reach[tips[:, 0], tips[:, 1]])]  # a field of view in pieces: the seed's piece only
-    for tip in tips:
-        path = np.asarray(mcp.traceback(tuple(int(v) for v in tip)))
-        count[path[:, 0], path[:, 1]] += 1.0
+    # Each pixel's predecessor on its least-cost path (``steps`` indexes the offset that led to it; -1 at
+    # the seed). All tips walk back towards the seed together, one step per round: the same paths as
+    # ``mcp.traceback`` gives, a thousand tips in a few hundred vectorised rounds.
+    offsets = np.asarray(mcp.offsets)
+    rows, cols = np.indices(p_vessel.shape)
+    reached = steps >= 0
+    step = offsets[np.where(reached, steps, 0)]
+    width = p_vessel.shape[1]
+    pred = np.where(reached, (rows - step[..., 0]) * width + (cols - step[..., 1]), -1).ravel()
+    flat = count.ravel()  # a view: counting into it counts into ``count``
+    walkers = tips[:, 0] * width + tips[:, 1]
+    while walkers.size:
+        np.add.at(flat, walkers, 1.0)
+        walkers = pred[walkers]
+        walkers = walkers[walkers >= 0]
     return count
 
 
