@@ -32,25 +32,25 @@ from skimage.morphology import skeletonize
 
 from fundus_studio.labels import OPTIC_DISC, OUTSIDE, RETINA, VESSEL
 
-# Widths and the path grid are given for maps of this side and scaled with the side of the map drawn.
-REFERENCE_SIDE: int = 512
-
 
 @dataclass(frozen=True)
 class VesselTreeConfig:
     """How vessels are drawn from the vessel probability (parameters chosen on training maps,
     docs/training.md)."""
 
+    reference_side: int = 512  # the widths below are in px of a map of this side; other sides scale them
     path_scale: float = 0.5  # the path search runs on a grid of this fraction of the side (4× fewer nodes)
     eps: float = 0.05  # a step costs 1 / (p_vessel + eps): smaller follows the prior's vessels more strictly
     tip_threshold: float = 0.05  # a tip is a local maximum of p_vessel (on the path grid) at least this high
     tip_spacing: int = 2  # minimum distance between tips, in path-grid pixels (more tips, more branches)
-    width_min: float = 1.2  # px at REFERENCE_SIDE: the width of a branch that serves a single tip
+    width_min: float = 1.2  # px at reference_side: the width of a branch that serves a single tip
     width_exponent: float = 1.0 / 3.0  # Murray's law: width ∝ tips served ^ (1/3)
-    width_max: float = 7.0  # px at REFERENCE_SIDE: the widest trunk
+    width_max: float = 7.0  # px at reference_side: the widest trunk
     disc_closing: float = 0.03  # radius of the closing that gives the disc its outline, × half the side
 
     def __post_init__(self) -> None:
+        if self.reference_side < 1:
+            raise ValueError(f"reference_side must be positive, got {self.reference_side}")
         if not 0.0 < self.path_scale <= 1.0:
             raise ValueError(f"path_scale must lie in (0, 1], got {self.path_scale}")
         if self.eps <= 0 or self.tip_threshold < 0 or self.tip_spacing < 1:
@@ -134,7 +134,7 @@ def redraw_vessels(p_vessel: np.ndarray, index_map: np.ndarray, *,
         vessel probability above the tip threshold.
     """
     side = index_map.shape[0]
-    scale = side / REFERENCE_SIDE
+    scale = side / config.reference_side
     grid = max(16, int(round(side * config.path_scale)))
     fov = index_map != OUTSIDE
     disc = index_map == OPTIC_DISC

@@ -91,7 +91,8 @@ def test_no_vessel_probability_leaves_the_map_as_it_is() -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(path_scale=0.0), dict(eps=0.0), dict(tip_spacing=0),
-                                 dict(width_min=3.0, width_max=2.0), dict(disc_closing=-1.0)])
+                                 dict(width_min=3.0, width_max=2.0), dict(disc_closing=-1.0),
+                                 dict(reference_side=0)])
 def test_invalid_configs_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         VesselTreeConfig(**bad)
