@@ -239,7 +239,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="downstream: real pairs each run holds out to choose its thresholds (default 0.2)")
     p.add_argument("--jobs", type=_positive, default=2, help="downstream: U-Nets trained at once (default 2)")
-    p.add_argument("--synthetic-size", type=_size_arg, default=256, help="downstream: side of sampled pairs (256)")
+    p.add_argument("--synthetic-size", type=_size_arg, default=None,
+                   help="downstream: side of sampled pairs (default: the renderer's training side)")
     p.add_argument("--donors", type=_positive, default=2, help="downstream: copy-paste donors per sample (default 2)")
     p.add_argument("--classes", nargs="+", default=["hard_exudate", "haemorrhage"],
                    help="downstream: classes one U-Net segments (default hard_exudate haemorrhage)")

@@ -376,3 +376,45 @@ def test_evaluate_rejects_bad_settings_before_any_work(checkpoints: Path, phanto
     with pytest.raises(SystemExit):
         cli.main([*args, *extra])
     assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_render_stage_draws_at_the_renderers_side_and_resizes_like_the_photos(
+        checkpoints: Path, phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renderer trained at 64² judged by a segmenter of 32²: each map is drawn at 64² and the render
+    area-resized to 32², the path the photo took; the record says so."""
+    import shutil
+
+    from fundus_studio.checkpoint import load_model
+    from fundus_studio.models.spade import SpadeGenerator
+    from fundus_studio.studio import Studio
+
+    folder = tmp_path / "ck"
+    shutil.copytree(checkpoints, folder)
+    spade = load_model(folder / "spade.safetensors", expected=SpadeGenerator)
+    save_model(spade, folder / "spade", data={"resolution": SIZE, "downsample": "nearest"}, step=0,
+               created_by="tests/test_report.py")
+    judge = load_model(folder / "unet.safetensors", expected=UNet)
+    save_model(judge, folder / "unet", data={"resolution": SIZE // 2}, step=0, created_by="tests/test_report.py")
+    seen: dict[str, np.ndarray] = {}
+
+    def capture(unet: UNet, pairs: harness.Pairs, *, renders: np.ndarray) -> dict:
+        seen["renders"], seen["maps"] = renders, pairs.maps.numpy()
+        return segmentation_fidelity(unet, pairs, renders=renders)
+
+    monkeypatch.setattr(report.evaluate_renders, "segmentation_fidelity", capture)
+    cfg = report.ReportConfig(checkpoints=folder, data=phantoms, out=tmp_path / "out", render_count=3, style_count=1)
+    cfg.out.mkdir()
+    studio = Studio.from_checkpoints(folder)
+    result = report.render_stage(cfg, studio, segmenter=folder / "unet.safetensors",
+                                 unet_model=load_model(folder / "unet.safetensors", expected=UNet))
+    assert (result["resolution"], result["spade_resolution"], result["spade_downsample"]) == (SIZE // 2, SIZE, "nearest")
+    assert seen["renders"].shape == (3, SIZE // 2, SIZE // 2, 3) and seen["maps"].shape == (3, SIZE // 2, SIZE // 2)
+    full = harness.load_pairs(phantoms, resolution=SIZE, downsample="nearest")
+    first = full.ids.index(result["ids"][0])
+    drawn = studio.model("spade").render(full.maps[first].numpy(), seed=cfg.seed)
+    np.testing.assert_array_equal(seen["renders"][0], harness.resize_photo(drawn, SIZE // 2))
+    assert f"at its training side, {SIZE}²" in report_text.render_section(result)[2]
+    # The downstream stage's generated pairs are drawn at the renderer's side unless told otherwise.
+    assert report.synthetic_side(cfg) == SIZE
+    assert report.synthetic_side(report.ReportConfig(checkpoints=folder, data=phantoms, out=cfg.out,
+                                                     synthetic_size=SIZE // 2)) == SIZE // 2

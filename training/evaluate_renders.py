@@ -217,19 +217,28 @@ def render_seeded(renderer: Renderer, pairs: harness.Pairs, *, seed: int) -> np.
     return np.stack([renderer.render(pairs.maps[i].numpy(), seed=seed + i) for i in range(len(pairs))])
 
 
-def evaluate(renderer: Renderer, pairs: harness.Pairs, *, seed: int, seeded: np.ndarray | None = None
-             ) -> dict[str, dict[str, float]]:
+def render_styled(renderer: Renderer, pairs: harness.Pairs, *, seed: int) -> np.ndarray:
+    """``(N, R, R, 3)`` uint8: pair i's label map rendered in the style of its own photo."""
+    return np.stack([renderer.render(pairs.maps[i].numpy(), seed=seed + i, style=pairs.images[i].numpy())
+                     for i in range(len(pairs))])
+
+
+def evaluate(renderer: Renderer, pairs: harness.Pairs, *, seed: int, seeded: np.ndarray | None = None,
+             styled: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Mean and standard deviation of L1 and SSIM per style mode ("seeded", and "photo" with an encoder).
-    ``seeded``: the pairs' :func:`render_seeded` renders when the caller already has them."""
+    ``seeded`` / ``styled``: the pairs' :func:`render_seeded` / :func:`render_styled` renders when the
+    caller already has them (e.g. drawn at another side and resized as the photos were)."""
     renders = render_seeded(renderer, pairs, seed=seed) if seeded is None else seeded
+    if styled is None and renderer.encoder is not None:
+        styled = render_styled(renderer, pairs, seed=seed)
     scores: dict[str, list[tuple[float, float]]] = {"seeded": []}
-    if renderer.encoder is not None:
+    if styled is not None:
         scores["photo"] = []
     for i in range(len(pairs)):
-        photo, label = pairs.images[i].numpy(), pairs.maps[i].numpy()
+        photo = pairs.images[i].numpy()
         scores["seeded"].append(photo_metrics(renders[i], photo))
-        if "photo" in scores:
-            scores["photo"].append(photo_metrics(renderer.render(label, seed=seed + i, style=photo), photo))
+        if styled is not None:
+            scores["photo"].append(photo_metrics(styled[i], photo))
     out = {}
     for mode, vals in scores.items():
         arr = np.array(vals)

@@ -102,7 +102,9 @@ class ReportConfig:
     real_train: int = 50  # downstream: scarce real pairs, stratified by grade (val_fraction of them validate)
     test_count: int = 100  # downstream: cap on the test pairs (0 = every pair not in the real training set)
     pool: int = 200  # downstream: pairs in each synthetic pool (≥ what the largest share needs)
-    synthetic_size: int = 256  # downstream: side of the generated pairs (the U-Net presets train at 256)
+    # downstream: side of the generated pairs; None = the renderer's training side (each run's U-Net
+    # resizes them to its own side as it resizes the real photos)
+    synthetic_size: int | None = None
     donors: int = 2  # downstream: same-grade pairs whose lesions each copy-paste sample gets
     generator: str | None = None  # downstream: label-map generator of the generated pool (None: the folder's default)
     sources: tuple[str, ...] = DOWNSTREAM_SOURCES  # downstream: synthetic sources compared with real-only
@@ -231,13 +233,23 @@ def render_stage(cfg: ReportConfig, studio: Studio, *, segmenter: Path, unet_mod
     renderer = studio.model("spade")
     # Truth maps reach the segmenter's side the way its training maps did.
     pairs = harness.load_pairs(cfg.data, resolution=side, downsample=trained.get("downsample", "area"))
-    pairs = pairs.subset(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.render_count])
-    renders = evaluate_renders.render_seeded(renderer, pairs, seed=cfg.seed)  # rendered once, scored twice
+    pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.render_count]
+    pairs = pairs.subset(pick)
+    # The renderer draws each map the way its training maps were made (side, downsampling); the render
+    # then reaches the segmenter's side by the path the photo took, so render and photo differ only
+    # in what the renderer drew.
+    drawn = _training_data(studio, "spade")
+    render_side = int(drawn.get("resolution") or side)
+    source = harness.load_pairs(cfg.data, resolution=render_side, downsample=drawn.get("downsample", "area")).subset(pick)
+    resize = lambda images: np.stack([harness.resize_photo(im, side) for im in images])  # noqa: E731
+    renders = resize(evaluate_renders.render_seeded(renderer, source, seed=cfg.seed))  # rendered once, scored twice
+    styled = resize(evaluate_renders.render_styled(renderer, source, seed=cfg.seed)) if renderer.encoder else None
     fidelity = evaluate_renders.segmentation_fidelity(unet_model, pairs, renders=renders)
-    photo = {**evaluate_renders.evaluate(renderer, pairs, seed=cfg.seed, seeded=renders),
+    photo = {**evaluate_renders.evaluate(renderer, pairs, seed=cfg.seed, seeded=renders, styled=styled),
              **evaluate_renders.class_mean_baseline(pairs)}
     return {"segmenter": str(segmenter), "segmenter_classes": [labels.NAMES[k] for k in unet_model.config.classes],
-            "resolution": side, "spade_resolution": _trained_side(studio, "spade"), "count": len(pairs),
+            "resolution": side, "spade_resolution": render_side, "spade_downsample": drawn.get("downsample"),
+            "count": len(pairs),
             "ids": list(pairs.ids), "segmentation": fidelity, "photo": photo,
             "own_style": own_style_part(cfg, studio, ids=list(pairs.ids)),
             "real_photos": real_photo_part(cfg, studio)}
@@ -273,8 +285,21 @@ def real_photo_part(cfg: ReportConfig, studio: Studio) -> dict[str, Any]:
     return figures
 
 
+def synthetic_side(cfg: ReportConfig) -> int:
+    """Side of the downstream stage's generated pairs: ``synthetic_size``, else the renderer's training
+    side (the side it draws best at), else the data's."""
+    if cfg.synthetic_size:
+        return cfg.synthetic_size
+    return _trained_side(Studio.from_checkpoints(cfg.checkpoints), "spade") or StudioDataset.open(cfg.data).size
+
+
+def _training_data(studio: Studio, name: str) -> dict[str, Any]:
+    """The ``data`` record of a checkpoint (side, downsampling, dataset); {} when it has none."""
+    return read_info(studio.path(name)).get("data") or {}
+
+
 def _trained_side(studio: Studio, name: str) -> int | None:
-    side = (read_info(studio.path(name)).get("data") or {}).get("resolution")
+    side = _training_data(studio, name).get("resolution")
     return side if isinstance(side, int) else None
 
 
@@ -345,7 +370,8 @@ def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
     pools: dict[str, Path] = {}
     if needs & {"generated", "combined"}:
         pools["generated"] = sample_dataset(data / f"{generator}-spade", count=cfg.pool, grade=None, seed=cfg.seed,
-                                            size=cfg.synthetic_size, checkpoints=cfg.checkpoints, generator=generator)
+                                            size=synthetic_side(cfg), checkpoints=cfg.checkpoints,
+                                            generator=generator)
     if needs & {"copy-paste", "combined"}:
         pools["copy-paste"] = copy_paste.make_dataset(copy_paste.CopyPasteConfig(
             real=real_dir, out=data / "copy-paste", count=cfg.pool, donors=cfg.donors, seed=cfg.seed))

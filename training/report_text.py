@@ -349,7 +349,8 @@ def label_section(r: dict[str, Any]) -> list[str]:
 
 def render_section(r: dict[str, Any]) -> list[str]:
     seg = r["segmentation"]
-    note = f" SPADE was trained at {r['spade_resolution']}²." if r["spade_resolution"] != r["resolution"] else ""
+    note = (f" SPADE draws each map at its training side, {r['spade_resolution']}², and the render is resized to "
+            f"{r['resolution']}² as the photo was." if r["spade_resolution"] != r["resolution"] else "")
     lines = ["## 2. Renders (SPADE)", "",
              (f"{r['count']} held-out pairs at {r['resolution']}². The U-Net `{r['segmenter']}` (trained on real "
               "photos) segments each real photo and the render of its label map; IoU and F1 are pooled over all "

@@ -26,6 +26,7 @@ from training.harness.data import (
     load_label_maps,
     load_pairs,
     resize_index_map,
+    resize_photo,
 )
 from training.harness.distributed import (
     Distributed,
@@ -44,6 +45,6 @@ __all__ = [
     "DOWNSAMPLE_MODES", "BatchSampler", "Distributed", "LabelMaps", "Pairs", "Run", "StopRequested", "TrainState",
     "add_common_arguments", "balanced_weights", "ema_decay", "ema_update", "holdout_split", "image_grid",
     "init_distributed", "label_grid", "load_label_maps", "load_pairs", "load_state", "make_ema", "merge",
-    "resize_index_map", "resolve", "run_main", "set_threads", "save_state", "shutdown", "unwrap", "weights_checksum",
+    "resize_index_map", "resize_photo", "resolve", "run_main", "set_threads", "save_state", "shutdown", "unwrap", "weights_checksum",
     "write_checksums",
 ]

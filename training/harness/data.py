@@ -152,14 +152,21 @@ class Pairs:
         return img, m
 
 
+def resize_photo(image: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 photo (or render) → ``(size, size, 3)``: area-averaged when shrinking,
+    bilinear when growing; the one path every photo of a training or evaluation set takes."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    interp = cv2.INTER_AREA if size < image.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
 def load_pairs(root: str | os.PathLike[str], *, resolution: int, downsample: str = "nearest") -> Pairs:
-    """Every (photo, label map) of a studio dataset at ``resolution`` (photos area-resized)."""
+    """Every (photo, label map) of a studio dataset at ``resolution`` (photos by :func:`resize_photo`)."""
     ds = StudioDataset.open(root)
     if not ds.samples:
         raise DatasetError(f"{ds.root}: empty dataset")
-    interp = cv2.INTER_AREA if resolution < ds.size else cv2.INTER_LINEAR
-    images = np.stack([cv2.resize(ds.image(s), (resolution, resolution), interpolation=interp)
-                       if ds.size != resolution else ds.image(s) for s in ds.samples])
+    images = np.stack([resize_photo(ds.image(s), resolution) for s in ds.samples])
     maps = np.stack([resize_index_map(ds.label(s), resolution, mode=downsample) for s in ds.samples])
     grades = np.array([-1 if s.grade is None else s.grade for s in ds.samples], dtype=np.int64)
     description = {"dataset": str(ds.root), "created_by": ds.info.get("created_by"), "size": ds.size,
