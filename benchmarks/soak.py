@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fundus_studio.editor import class_keys  # noqa: E402
-from fundus_studio.labels import NAMES, OUTSIDE  # noqa: E402
+from fundus_studio.labels import CLASSES, INDEX, NAMES, OUTSIDE  # noqa: E402
 
 STARTUP_TIMEOUT_S = 180.0
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -58,6 +58,16 @@ ZOOM_SETTLED_JS = """() => {
     if (!seen || seen.z !== z) { window.__zoomSeen = {z, t: now}; return false; }
     return now - seen.t > 600;
 }"""
+# The editor's Color button is styled with the brush's colour (Gradio 6.31's ImageEditor).
+BRUSH_COLOUR_JS = "(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb"
+
+
+def _css_rgb(name: str) -> str:
+    """A class's colour as the browser writes it in a style: ``rgb(r, g, b)``."""
+    r, g, b = CLASSES[INDEX[name]].color
+    return f"rgb({r}, {g}, {b})"
+
+
 # Messages the studio gives for each bad input (the start of its reason).
 BAD_INPUTS = {"notes.png": ("render", "not an image file"), "photo_as_map.png": ("render", "outside the label palette"),
               "cut.png": ("extract", "unreadable or truncated"), "tiny.png": ("extract", "at least 64 px")}
@@ -270,13 +280,23 @@ def browser_painter(url: str, *, strokes: int, seed: int, t0: float, out: list[R
                 before = page.evaluate(render_src)
                 key = keys[i % len(keys)]
                 page.mouse.click(5, 5)  # focus off any field: keys typed into a text box pick no class
+                picked = time.monotonic()
                 page.keyboard.press(key)
                 page.wait_for_function(
                     "(n) => document.querySelector('#paint-class input[type=radio]:checked')?.value === n",
                     arg=class_keys()[key])
-                # The class change sends the canvas a new brush; a press while the editor re-lays itself out
-                # can land off the map and draw nothing. Wait until its zoom label has held for 0.6 s.
-                page.wait_for_timeout(300)
+                # The brush follows with the server's answer, a moment after the picker shows the class: a
+                # stroke started before paints the previous class (over its own ground: no change, no
+                # render). The editor's Color button shows the brush's colour; its delay is recorded.
+                try:
+                    page.wait_for_function(BRUSH_COLOUR_JS, arg=_css_rgb(class_keys()[key]))
+                    outcome, detail = "ok", ""
+                except Exception as err:  # noqa: BLE001 - a brush that never followed
+                    outcome, detail = "error", f"brush did not follow the class: {type(err).__name__}"[:300]
+                out.append(Request(t=round(picked - t0, 2), endpoint="brush (browser)",
+                                   seconds=round(time.monotonic() - picked, 3), outcome=outcome, detail=detail))
+                # A new brush re-lays the editor out; a press meanwhile can land off the map and draw
+                # nothing. Wait until its zoom label has held for 0.6 s.
                 page.wait_for_function(ZOOM_SETTLED_JS)
                 x, y = cx + rng.uniform(-r, r), cy + rng.uniform(-r, r)
                 start = time.monotonic()

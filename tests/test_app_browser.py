@@ -258,6 +258,13 @@ def _pick(pg, name: str, *, key: str | None = None) -> None:
         pg.keyboard.press(key)
     pg.wait_for_function("(n) => document.querySelector('#paint-class input[type=radio]:checked')?.value === n",
                          arg=name)
+    # The brush follows with the server's answer, a moment after the picker: the editor's Color button
+    # is styled with the brush's colour.
+    from fundus_studio import labels
+
+    r, g, b = labels.CLASSES[labels.INDEX[name]].color
+    pg.wait_for_function("(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb",
+                         arg=f"rgb({r}, {g}, {b})")
 
 
 def _wait_size(pg, px: int) -> None:
@@ -275,8 +282,6 @@ def _dab(pg, x: float, y: float) -> None:
 
 def test_each_class_remembers_its_brush_size_and_number_keys_pick_classes(page) -> None:
     import math
-
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     from fundus_studio import editor
 
@@ -305,17 +310,8 @@ def test_each_class_remembers_its_brush_size_and_number_keys_pick_classes(page) 
     box = pg.locator("#canvas canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     before = _count(pg, "haemorrhage")
-    # The brush follows the server's answer; on a loaded machine the editor may take it a moment after
-    # the slider shows it, so a dab that came out in the old colour is repeated on the same spot (the
-    # same pixels: the measured area is one dab's either way).
-    for attempt in range(3):
-        _dab(pg, cx + 20, cy - 40)
-        try:
-            _wait_count(pg, "haemorrhage", before, more=True, timeout_ms=TIMEOUT_MS // 3)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
+    _dab(pg, cx + 20, cy - 40)  # the brush has followed (_pick): the dab comes out in the class's colour
+    _wait_count(pg, "haemorrhage", before, more=True)
     dab = _count(pg, "haemorrhage") - before
     assert 0.6 * math.pi * size**2 < dab < 1.6 * math.pi * size**2, (dab, size)
     # A class picked by its key switches the colour and keeps the strokes painted so far.
