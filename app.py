@@ -439,6 +439,39 @@ FULLSCREEN_TOGGLE_JS = """() => {
 }"""
 
 
+BRUSH_WAIT_MS = 4000  # the longest the canvas waits for its brush to follow a class pick
+
+
+def brush_guard_js() -> str:
+    """Page-load JavaScript: from a class pick until the editor's brush has taken that class's colour (the
+    editor styles its Color button with it), the canvas takes no strokes. The brush follows with the
+    server's answer (1–2 s on a loaded 2-core machine), and a stroke started before is painted in the
+    previous class's colour. At most ``BRUSH_WAIT_MS``: a brush that never follows cannot lock the canvas."""
+    colours = json.dumps({name: "rgb({}, {}, {})".format(*labels.CLASSES[labels.INDEX[name]].color)
+                          for name in editor.class_keys().values()})
+    return f"""() => {{
+  const colours = {colours};
+  const style = document.createElement("style");
+  style.textContent = "#canvas.brush-pending canvas {{ pointer-events: none; }} #canvas.brush-pending {{ cursor: progress; }}";
+  document.head.appendChild(style);
+  let picked = null, pickedAt = -Infinity;  // the pick's own value: the radio shows it a moment later
+  const check = () => {{
+    const canvas = document.querySelector("#canvas");
+    if (!canvas) return;
+    const brush = document.querySelector("#canvas button[aria-label=Color]")?.style.color;
+    const waiting = !!picked && !!brush && brush !== colours[picked] && performance.now() - pickedAt < {BRUSH_WAIT_MS};
+    canvas.classList.toggle("brush-pending", waiting);
+  }};
+  document.addEventListener("change", (event) => {{
+    if (event.target.closest?.("#paint-class")) {{ picked = event.target.value; pickedAt = performance.now(); check(); }}
+  }}, true);
+  // At once when the editor restyles its Color button; the interval ends a wait that timed out.
+  new MutationObserver(check).observe(document.querySelector("#canvas") || document.body,
+                                      {{subtree: true, attributes: true, attributeFilter: ["style"]}});
+  setInterval(check, 250);
+}}"""
+
+
 def class_keys_js() -> str:
     """Page-load JavaScript: a number key picks its class (``editor.class_keys``) by clicking that class's button in
     ``#paint-class``, unless the user is typing in a text field or Paint is not shown."""
@@ -905,6 +938,7 @@ def build_demo() -> gr.Blocks:
         brush_px.input(set_brush_size, [paint_class, brush_px, brush_sizes], [canvas, brush_sizes],
                        api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False)
         demo.load(None, None, None, js=class_keys_js())  # number keys pick classes
+        demo.load(None, None, None, js=brush_guard_js())  # no strokes until the brush has followed a pick
         demo.load(None, None, None, js=FULLSCREEN_CSS_JS)
         full_btn.click(None, None, None, js=FULLSCREEN_TOGGLE_JS)
         undo_btn.click(undo_stamp, [stamps, seed, style, view, opacity, *editing],

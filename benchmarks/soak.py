@@ -58,8 +58,10 @@ ZOOM_SETTLED_JS = """() => {
     if (!seen || seen.z !== z) { window.__zoomSeen = {z, t: now}; return false; }
     return now - seen.t > 600;
 }"""
-# The editor's Color button is styled with the brush's colour (Gradio 6.31's ImageEditor).
-BRUSH_COLOUR_JS = "(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb"
+# The editor's Color button is styled with the brush's colour (Gradio 6.31's ImageEditor); until then the
+# studio's canvas takes no strokes (app.brush_guard_js).
+BRUSH_COLOUR_JS = ("(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb"
+                   " && !document.querySelector('#canvas').classList.contains('brush-pending')")
 
 
 def _css_rgb(name: str) -> str:

@@ -265,6 +265,7 @@ def _pick(pg, name: str, *, key: str | None = None) -> None:
     r, g, b = labels.CLASSES[labels.INDEX[name]].color
     pg.wait_for_function("(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb",
                          arg=f"rgb({r}, {g}, {b})")
+    pg.wait_for_function("() => !document.querySelector('#canvas').classList.contains('brush-pending')")
 
 
 def _wait_size(pg, px: int) -> None:
@@ -415,3 +416,19 @@ def test_a_microaneurysm_stamp_covers_at_least_3_screen_pixels_at_the_default_zo
     (ARTIFACTS / "browser_ma_footprint.json").write_text(json.dumps(figures, indent=1))
     print("microaneurysm stamp on screen:", figures)
     assert min(extent) >= 3, figures
+
+
+def test_the_canvas_takes_no_stroke_until_the_brush_has_followed_a_class_pick(page) -> None:
+    """The brush follows a pick with the server's answer; until then a stroke would be painted in the
+    previous class's colour, so the canvas waits (``app.brush_guard_js``)."""
+    pg = page
+    _pick(pg, "haemorrhage")
+    assert not pg.evaluate("() => document.querySelector('#canvas').classList.contains('brush-pending')")
+    # Picked and read in one task: the server's answer cannot have arrived in between.
+    pending = pg.evaluate("""() => {
+        document.querySelector("#paint-class input[type=radio][value=hard_exudate]").click();
+        return document.querySelector('#canvas').classList.contains('brush-pending');
+    }""")
+    assert pending
+    _pick(pg, "hard_exudate")  # the brush follows; the canvas takes strokes again
+    pg.wait_for_function("() => !document.querySelector('#canvas').classList.contains('brush-pending')")
