@@ -447,8 +447,7 @@ def brush_guard_js() -> str:
     editor styles its Color button with it), the canvas takes no strokes. The brush follows with the
     server's answer (1–2 s on a loaded 2-core machine), and a stroke started before is painted in the
     previous class's colour. At most ``BRUSH_WAIT_MS``: a brush that never follows cannot lock the canvas."""
-    colours = json.dumps({name: "rgb({}, {}, {})".format(*labels.CLASSES[labels.INDEX[name]].color)
-                          for name in editor.class_keys().values()})
+    colours = json.dumps({name: editor.css_rgb(name) for name in editor.class_keys().values()})
     return f"""() => {{
   const colours = {colours};
   const style = document.createElement("style");

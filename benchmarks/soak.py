@@ -40,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fundus_studio.editor import class_keys  # noqa: E402
-from fundus_studio.labels import CLASSES, INDEX, NAMES, OUTSIDE  # noqa: E402
+from fundus_studio.editor import class_keys, css_rgb  # noqa: E402
+from fundus_studio.labels import NAMES, OUTSIDE  # noqa: E402
 
 STARTUP_TIMEOUT_S = 180.0
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -62,12 +62,6 @@ ZOOM_SETTLED_JS = """() => {
 # studio's canvas takes no strokes (app.brush_guard_js).
 BRUSH_COLOUR_JS = ("(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb"
                    " && !document.querySelector('#canvas').classList.contains('brush-pending')")
-
-
-def _css_rgb(name: str) -> str:
-    """A class's colour as the browser writes it in a style: ``rgb(r, g, b)``."""
-    r, g, b = CLASSES[INDEX[name]].color
-    return f"rgb({r}, {g}, {b})"
 
 
 # Messages the studio gives for each bad input (the start of its reason).
@@ -291,7 +285,7 @@ def browser_painter(url: str, *, strokes: int, seed: int, t0: float, out: list[R
                 # stroke started before paints the previous class (over its own ground: no change, no
                 # render). The editor's Color button shows the brush's colour; its delay is recorded.
                 try:
-                    page.wait_for_function(BRUSH_COLOUR_JS, arg=_css_rgb(class_keys()[key]))
+                    page.wait_for_function(BRUSH_COLOUR_JS, arg=css_rgb(class_keys()[key]))
                     outcome, detail = "ok", ""
                 except Exception as err:  # noqa: BLE001 - a brush that never followed
                     outcome, detail = "error", f"brush did not follow the class: {type(err).__name__}"[:300]

@@ -29,6 +29,11 @@ def hex_color(index: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def css_rgb(name: str) -> str:
+    """Class ``name``'s colour as a browser writes it in an element's style: ``rgb(r, g, b)``."""
+    return "rgb({}, {}, {})".format(*labels.CLASSES[labels.INDEX[name]].color)
+
+
 def paintable_classes() -> tuple[labels.LabelClass, ...]:
     """The classes a brush paints (every class but ``outside``), in taxonomy order."""
     return tuple(c for c in labels.CLASSES if c.index != labels.OUTSIDE)

@@ -260,11 +260,10 @@ def _pick(pg, name: str, *, key: str | None = None) -> None:
                          arg=name)
     # The brush follows with the server's answer, a moment after the picker: the editor's Color button
     # is styled with the brush's colour.
-    from fundus_studio import labels
+    from fundus_studio.editor import css_rgb
 
-    r, g, b = labels.CLASSES[labels.INDEX[name]].color
     pg.wait_for_function("(rgb) => (document.querySelector('#canvas button[aria-label=Color]')?.style.color || '') === rgb",
-                         arg=f"rgb({r}, {g}, {b})")
+                         arg=css_rgb(name))
     pg.wait_for_function("() => !document.querySelector('#canvas').classList.contains('brush-pending')")
 
 

@@ -415,6 +415,6 @@ def test_render_stage_draws_at_the_renderers_side_and_resizes_like_the_photos(
     np.testing.assert_array_equal(seen["renders"][0], harness.resize_photo(drawn, SIZE // 2))
     assert f"at its training side, {SIZE}²" in report_text.render_section(result)[2]
     # The downstream stage's generated pairs are drawn at the renderer's side unless told otherwise.
-    assert report.synthetic_side(cfg) == SIZE
+    assert report.synthetic_side(cfg, studio) == SIZE
     assert report.synthetic_side(report.ReportConfig(checkpoints=folder, data=phantoms, out=cfg.out,
-                                                     synthetic_size=SIZE // 2)) == SIZE // 2
+                                                     synthetic_size=SIZE // 2), studio) == SIZE // 2

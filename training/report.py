@@ -239,8 +239,10 @@ def render_stage(cfg: ReportConfig, studio: Studio, *, segmenter: Path, unet_mod
     # then reaches the segmenter's side by the path the photo took, so render and photo differ only
     # in what the renderer drew.
     drawn = _training_data(studio, "spade")
-    render_side = int(drawn.get("resolution") or side)
-    source = harness.load_pairs(cfg.data, resolution=render_side, downsample=drawn.get("downsample", "area")).subset(pick)
+    render_side = _trained_side(studio, "spade") or side
+    render_downsample = drawn.get("downsample", "area")
+    source = (pairs if (render_side, render_downsample) == (side, trained.get("downsample", "area")) else
+              harness.load_pairs(cfg.data, resolution=render_side, downsample=render_downsample).subset(pick))
     resize = lambda images: np.stack([harness.resize_photo(im, side) for im in images])  # noqa: E731
     renders = resize(evaluate_renders.render_seeded(renderer, source, seed=cfg.seed))  # rendered once, scored twice
     styled = resize(evaluate_renders.render_styled(renderer, source, seed=cfg.seed)) if renderer.encoder else None
@@ -248,7 +250,7 @@ def render_stage(cfg: ReportConfig, studio: Studio, *, segmenter: Path, unet_mod
     photo = {**evaluate_renders.evaluate(renderer, pairs, seed=cfg.seed, seeded=renders, styled=styled),
              **evaluate_renders.class_mean_baseline(pairs)}
     return {"segmenter": str(segmenter), "segmenter_classes": [labels.NAMES[k] for k in unet_model.config.classes],
-            "resolution": side, "spade_resolution": render_side, "spade_downsample": drawn.get("downsample"),
+            "resolution": side, "spade_resolution": render_side, "spade_downsample": render_downsample,
             "count": len(pairs),
             "ids": list(pairs.ids), "segmentation": fidelity, "photo": photo,
             "own_style": own_style_part(cfg, studio, ids=list(pairs.ids)),
@@ -285,12 +287,12 @@ def real_photo_part(cfg: ReportConfig, studio: Studio) -> dict[str, Any]:
     return figures
 
 
-def synthetic_side(cfg: ReportConfig) -> int:
+def synthetic_side(cfg: ReportConfig, studio: Studio) -> int:
     """Side of the downstream stage's generated pairs: ``synthetic_size``, else the renderer's training
     side (the side it draws best at), else the data's."""
     if cfg.synthetic_size:
         return cfg.synthetic_size
-    return _trained_side(Studio.from_checkpoints(cfg.checkpoints), "spade") or StudioDataset.open(cfg.data).size
+    return _trained_side(studio, "spade") or StudioDataset.open(cfg.data).size
 
 
 def _training_data(studio: Studio, name: str) -> dict[str, Any]:
@@ -365,12 +367,13 @@ def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
     data = cfg.out / "data"
     real_dir = write_subset(ds, train, out=data / "real-train")
     test_dir = write_subset(ds, test, out=data / "test")
-    generator = Studio.from_checkpoints(cfg.checkpoints).generator_name(cfg.generator)
+    studio = Studio.from_checkpoints(cfg.checkpoints)
+    generator = studio.generator_name(cfg.generator)
     needs = set(cfg.sources) | ({"generated"} if cfg.paper_fractions else set())
     pools: dict[str, Path] = {}
     if needs & {"generated", "combined"}:
         pools["generated"] = sample_dataset(data / f"{generator}-spade", count=cfg.pool, grade=None, seed=cfg.seed,
-                                            size=synthetic_side(cfg), checkpoints=cfg.checkpoints,
+                                            size=synthetic_side(cfg, studio), checkpoints=cfg.checkpoints,
                                             generator=generator)
     if needs & {"copy-paste", "combined"}:
         pools["copy-paste"] = copy_paste.make_dataset(copy_paste.CopyPasteConfig(
