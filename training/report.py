@@ -227,21 +227,22 @@ def label_stage(cfg: ReportConfig, studio: Studio) -> dict[str, Any]:
 def render_stage(cfg: ReportConfig, studio: Studio, *, segmenter: Path, unet_model: UNet) -> dict[str, Any]:
     """``unet_model``: the U-Net that judges the renders, loaded from ``segmenter``."""
     trained = read_info(segmenter).get("data") or {}
-    side = int(trained.get("resolution") or 0)
+    side = _side(trained) or 0
     if side < 1:
         raise CheckpointError(f"{segmenter}: no training resolution recorded; the renders need the segmenter's side")
     renderer = studio.model("spade")
     # Truth maps reach the segmenter's side the way its training maps did.
-    pairs = harness.load_pairs(cfg.data, resolution=side, downsample=trained.get("downsample", "area"))
+    downsample = trained.get("downsample", "area")
+    pairs = harness.load_pairs(cfg.data, resolution=side, downsample=downsample)
     pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.render_count]
     pairs = pairs.subset(pick)
     # The renderer draws each map the way its training maps were made (side, downsampling); the render
     # then reaches the segmenter's side by the path the photo took, so render and photo differ only
     # in what the renderer drew.
     drawn = _training_data(studio, "spade")
-    render_side = _trained_side(studio, "spade") or side
+    render_side = _side(drawn) or side
     render_downsample = drawn.get("downsample", "area")
-    source = (pairs if (render_side, render_downsample) == (side, trained.get("downsample", "area")) else
+    source = (pairs if (render_side, render_downsample) == (side, downsample) else
               harness.load_pairs(cfg.data, resolution=render_side, downsample=render_downsample).subset(pick))
     resize = lambda images: np.stack([harness.resize_photo(im, side) for im in images])  # noqa: E731
     renders = resize(evaluate_renders.render_seeded(renderer, source, seed=cfg.seed))  # rendered once, scored twice
@@ -300,9 +301,14 @@ def _training_data(studio: Studio, name: str) -> dict[str, Any]:
     return read_info(studio.path(name)).get("data") or {}
 
 
+def _side(training_data: dict[str, Any]) -> int | None:
+    """The side a checkpoint's ``data`` block says it was trained at (None when it does not say)."""
+    side = training_data.get("resolution")
+    return side if isinstance(side, int) and side > 0 else None
+
+
 def _trained_side(studio: Studio, name: str) -> int | None:
-    side = _training_data(studio, name).get("resolution")
-    return side if isinstance(side, int) else None
+    return _side(_training_data(studio, name))
 
 
 def sample_grid(cfg: ReportConfig, studio: Studio) -> tuple[np.ndarray, np.ndarray]:
