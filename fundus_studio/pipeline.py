@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from fundus_studio.calibration import LabelCalibration, calibration_for
 from fundus_studio.checkpoint import load_model, paths_for, read_info
 from fundus_studio.errors import CheckpointError, InputError
 from fundus_studio.labels import LESIONS, NAMES, NUM_CLASSES, NUM_GRADES, OUTSIDE, VESSEL, check_index_map
+from fundus_studio.lesion_spots import LesionSpotsConfig, redraw_spots
 from fundus_studio.models.acgan import Generator
 from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
 from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
@@ -67,6 +69,12 @@ class LabelSamplingConfig:
     # Vessels drawn as a tree from the vessel probability (fundus_studio.vessel_tree); None: arg-max
     # vessels (blobs and fragments from a coarse prior, docs/training.md).
     vessel_tree: VesselTreeConfig | None = VesselTreeConfig()
+    # Microaneurysms and hard exudates drawn as spots where the arg-max drew blobs
+    # (fundus_studio.lesion_spots); None: the arg-max's blobs.
+    lesion_spots: LesionSpotsConfig | None = LesionSpotsConfig()
+    # finish maps (spots, vessel tree) on a worker thread while the next maps' networks run (no effect
+    # on the result; docs/training.md, "Sampling speed")
+    overlap_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.batch_size < 1 or self.upsample_batch < 1:
@@ -151,6 +159,18 @@ def takes_upsampler(prior_path: str | os.PathLike[str], upsampler_path: str | os
     prior = read_info(prior_path)
     return ((prior.get("data") or {}).get("downsample") == "fractions"
             and read_info(upsampler_path)["config"].get("coarse_resolution") == prior["config"].get("resolution"))
+
+
+def _resolved(value: np.ndarray) -> Future[np.ndarray]:
+    future: Future[np.ndarray] = Future()
+    future.set_result(value)
+    return future
+
+
+def map_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of map ``index`` of a call seeded ``seed`` (like its latent, it does not depend on
+    how many maps the call draws)."""
+    return np.random.default_rng([seed % 2**63, index])
 
 
 class LabelSampler:
@@ -248,24 +268,41 @@ class LabelSampler:
         if size < 1:
             raise InputError(f"size must be positive, got {size}")
         z = self.latents(count=len(grades), seed=seed)
-        maps = []
-        for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size)):
-            coarse = self.probabilities(zb, gb)
-            for p, g in zip(coarse.split(self.config.upsample_batch), gb.split(self.config.upsample_batch)):
-                fine = self.refine(p)
-                if self.calibration is not None:
-                    fine = self.calibration.apply(fine, g)
-                maps.append(self.decode(fine, size=size))
-        return np.concatenate(maps)
+        # The numpy half of decoding (spots, vessel tree) runs on a worker thread while the next maps'
+        # networks run: torch releases the GIL, so the two overlap. The result does not change.
+        with ThreadPoolExecutor(max_workers=1) as pool:  # its thread starts with the first submit
+            done: list[Future[np.ndarray]] = []
+            count = 0
+            for zb, gb in zip(z.split(self.config.batch_size), grades.split(self.config.batch_size)):
+                coarse = self.probabilities(zb, gb)
+                for p, g in zip(coarse.split(self.config.upsample_batch), gb.split(self.config.upsample_batch)):
+                    fine = self.refine(p)
+                    if self.calibration is not None:
+                        fine = self.calibration.apply(fine, g)
+                    maps, p_vessel = self.decode(fine, size=size)
+                    rngs = [map_rng(seed, count + j) for j in range(len(g))]
+                    count += len(g)
+                    if self.config.overlap_decode:
+                        done.append(pool.submit(self.redraw, maps, p_vessel, rngs=rngs))
+                    else:
+                        done.append(_resolved(self.redraw(maps, p_vessel, rngs=rngs)))
+            return np.concatenate([f.result() for f in done])
 
-    def decode(self, probs: torch.Tensor, *, size: int) -> np.ndarray:
-        """(B, C, R, R) probabilities → (B, size, size) uint8 maps: arg-max inside a clean field of
-        view, then (with ``config.vessel_tree``) the vessels redrawn as a tree."""
+    def decode(self, probs: torch.Tensor, *, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, C, R, R) probabilities → (B, size, size) uint8 arg-max maps inside a clean field of view,
+        and the (B, size, size) vessel probability the tree is drawn from (None without a tree)."""
         probs = resize_probabilities(probs, size=size)
         maps = probabilities_to_labels(probs, size=size, fov_radius=self.config.fov_radius).cpu().numpy()
-        if self.config.vessel_tree is None:
+        p_vessel = None if self.config.vessel_tree is None else probs[:, VESSEL].float().cpu().numpy()
+        return maps, p_vessel
+
+    def redraw(self, maps: np.ndarray, p_vessel: np.ndarray | None, *, rngs: list[np.random.Generator]) -> np.ndarray:
+        """Arg-max maps → final maps: (with ``config.lesion_spots``) small lesions redrawn as spots, map
+        i drawing from ``rngs[i]``, then (with ``config.vessel_tree``) the vessels redrawn as a tree."""
+        if self.config.lesion_spots is not None:
+            maps = np.stack([redraw_spots(m, rng=r, config=self.config.lesion_spots) for m, r in zip(maps, rngs)])
+        if p_vessel is None:
             return maps
-        p_vessel = probs[:, VESSEL].float().cpu().numpy()
         return np.stack([redraw_vessels(p, m, config=self.config.vessel_tree) for p, m in zip(p_vessel, maps)])
 
     def sample(self, *, grade: int, count: int, seed: int, size: int | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ Deterministic: no randomness.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -110,15 +111,24 @@ def tips_served(p_vessel: np.ndarray, fov: np.ndarray, disc: np.ndarray, *,
     return count
 
 
+@lru_cache(maxsize=64)
+def stamp(diameter: int) -> np.ndarray:
+    """The (d, d) uint8 0/1 stamp of a disc ``diameter`` px wide: a square for 1–2 px (OpenCV's 2-px
+    ellipse is a cross), else OpenCV's ellipse. Vessels and lesion spots are drawn with it. Cached:
+    read-only."""
+    kernel = (np.ones((diameter, diameter), np.uint8) if diameter <= 2
+              else cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter)))
+    kernel.setflags(write=False)
+    return kernel
+
+
 def draw_widths(centreline: np.ndarray, width: np.ndarray) -> np.ndarray:
     """(S, S) bool centreline and float widths in px → (S, S) bool vessel mask: each centreline pixel
-    stamped with a disc (square for 1–2 px) of its rounded width."""
+    stamped with a disc (:func:`stamp`) of its rounded width."""
     rounded = np.where(centreline, np.rint(width), 0).astype(np.int32)
     vessel = np.zeros(centreline.shape, bool)
     for d in np.unique(rounded[rounded > 0]):
-        kernel = (np.ones((d, d), np.uint8) if d <= 2
-                  else cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(d), int(d))))
-        vessel |= cv2.dilate((rounded == d).astype(np.uint8), kernel).astype(bool)
+        vessel |= cv2.dilate((rounded == d).astype(np.uint8), stamp(int(d))).astype(bool)
     return vessel
 
 

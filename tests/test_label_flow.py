@@ -242,3 +242,12 @@ def test_learning_rate_warms_up_then_decays_by_cosine_to_its_floor() -> None:
     assert lr_factor(100, cfg=decayed) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="decay_start"):
         TrainConfig(steps=100, decay_start=100)
+
+
+def test_finishing_maps_on_a_worker_thread_does_not_change_them() -> None:
+    overlapped = tiny_sampler()
+    assert overlapped.config.overlap_decode
+    serial = LabelSampler(overlapped.prior, upsampler=overlapped.upsampler,
+                          config=dataclasses.replace(overlapped.config, overlap_decode=False))
+    grades = [4, 3, 2, 4, 0]  # two prior batches of 3, upsampler calls of 2: five futures
+    assert np.array_equal(overlapped.sample_grades(grades, seed=4), serial.sample_grades(grades, seed=4))

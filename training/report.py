@@ -172,6 +172,7 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
     # How sampled maps are decoded (not a checkpoint, but it changes every generated map).
     settings["vessel_tree"] = config_to_dict(LabelSamplingConfig().vessel_tree)
+    settings["lesion_spots"] = config_to_dict(LabelSamplingConfig().lesion_spots)
     # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
     settings["data_manifest_sha256"] = hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest()
     if cfg.segmenter is not None:
