@@ -230,8 +230,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--pool", type=_positive, default=200, help="downstream: pairs per synthetic pool (default 200)")
     p.add_argument("--generator", default=None,
                    help="downstream: label-map generator of the generated pool (default: the folder's default)")
-    p.add_argument("--sources", default="generated,copy-paste,combined",
-                   help="downstream: synthetic sources (default generated,copy-paste,combined)")
+    p.add_argument("--sources", default="generated,copy-paste,combined,real-maps,more-real",
+                   help="downstream: synthetic sources (default generated,copy-paste,combined,real-maps,more-real; "
+                        "the last two are controls made of --data pairs that are neither training nor test pairs)")
     p.add_argument("--paper-fractions", type=_fractions_arg, default=(0.25,),
                    help="downstream: the paper's rows also run with its synthetic counts (default 0.25; '' for none)")
     p.add_argument("--paper-real", type=_positive, default=54,

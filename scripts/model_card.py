@@ -96,7 +96,8 @@ def _downstream_result(down: dict[str, Any]) -> dict[str, Any]:
     summary = down["summary"]
     generated = f"{down.get('generator', 'acgan')} + SPADE"
     names = {"acgan-spade": "ACGAN + SPADE", "generated": generated, "copy-paste": "copy-paste",
-             "combined": f"{generated} + copy-paste"}
+             "combined": f"{generated} + copy-paste", "real-maps": "real maps + SPADE (control)",
+             "more-real": "more real pairs (control)"}
     metrics = []
     for source, by_class in summary.items():
         for cls, by_fraction in by_class.items():

@@ -99,6 +99,22 @@ def test_split_real_is_stratified_disjoint_and_seeded(phantoms: Path) -> None:
         report.split_real(ds, count=len(ds), test_count=0, seed=1)
 
 
+def test_control_pairs_are_neither_training_nor_test_pairs(phantoms: Path, tmp_path: Path) -> None:
+    ds = StudioDataset.open(phantoms)
+    train, test = report.split_real(ds, count=10, test_count=12, seed=1)
+    extra = report.unused_real(ds, taken=train + test, count=100, seed=1)
+    assert len(extra) == len(ds) - 22 and not {s.id for s in extra} & {s.id for s in train + test}
+    assert [s.id for s in report.unused_real(ds, taken=train + test, count=3, seed=1)] == [s.id for s in extra[:3]]
+    # 10 real pairs, 2 held out: a 75 % share needs 24 synthetic pairs; 8 are left.
+    cfg = report.ReportConfig(checkpoints=tmp_path, data=phantoms, out=tmp_path / "r", real_train=10, test_count=12,
+                              pool=30, fractions=(0.0, 0.75), paper_fractions=())
+    with pytest.raises(DatasetError, match="lower --test-count or leave them out of --sources"):
+        report.control_pools(cfg, ds, taken=train + test, studio=None, needs={"more-real"},  # type: ignore[arg-type]
+                             data=tmp_path / "data")
+    assert report.control_pools(cfg, ds, taken=train + test, studio=None, needs={"generated"},  # type: ignore[arg-type]
+                                data=tmp_path / "data") == {}
+
+
 class _Bright(torch.nn.Module):
     """A 'U-Net' that marks every bright pixel as optic disc and as hard exudate."""
 
@@ -265,7 +281,8 @@ def test_label_tables_print_undefined_figures_as_a_dash() -> None:
 
 def _args(checkpoints: Path, data: Path, out: Path, *, per_grade: int = 3) -> list[str]:
     return ["evaluate", "--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
-            "--per-grade", str(per_grade), "--render-count", "5", "--real-train", "10", "--pool", "12",
+            "--per-grade", str(per_grade), "--render-count", "5", "--real-train", "10", "--test-count", "12",
+            "--pool", "12",
             "--synthetic-size", str(SIZE), "--fractions", "0,0.25", "--seeds", "2", "--unet-preset", "smoke",
             "--unet-steps", "2", "--threads", "1", "--jobs", "1", "--paper-real", "200"]
 
@@ -282,14 +299,23 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     assert "Measured on procedural phantoms" in md
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and " % |" in line]
     gen = "flow prior + SPADE"  # the folder's default generator
-    main = ["real only", gen, "copy-paste", f"{gen} + copy-paste (half each)"]
+    main = ["real only", gen, "copy-paste", f"{gen} + copy-paste (half each)", "control: unused real maps + SPADE",
+            "control: unused real pairs"]
     assert rows == [*main, *main, *(["real only", f"{gen} (paper's count)"] * 2)]
+    # The controls: the 8 pairs of 30 that are neither the 10 training nor the 12 test pairs.
+    more = StudioDataset.open(out / "data" / "more-real")
+    used = {s.id for name in ("real-train", "test") for s in StudioDataset.open(out / "data" / name).samples}
+    assert len(more) == 8 and not {s.id for s in more.samples} & used
+    rendered = StudioDataset.open(out / "data" / "real-maps-spade")
+    assert [s.id for s in rendered.samples] == [s.id for s in more.samples]
+    assert all(np.array_equal(rendered.label(s.id), more.label(s.id)) for s in more.samples)
+    assert not np.array_equal(rendered.image(0), more.image(0))  # rendered, not copied
     for name in ("lesions", "samples", "render_iou", "downstream", "own_style", "real_photos"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG
     data = json.loads((out / "report.json").read_text())
     assert data["labels"]["grade_fidelity"]["generated"]["count"] == 3 * labels.NUM_GRADES
     assert data["renders"]["count"] == 5 and data["downstream"]["real_train"] == 10
-    assert data["downstream"]["test"] == 20 and data["downstream"]["generator"] == "flow"
+    assert data["downstream"]["test"] == 12 and data["downstream"]["generator"] == "flow"
     assert {t["key"] for t in data["targets"]} == {
         "grade_accuracy", "grade_kappa", "plausible_disc", "vessel_share", "connectivity", "vessel_width",
         "lesion_share_2", "lesion_share_3", "lesion_share_4", "lesion_free_0", "diversity", "memorisation",
@@ -307,13 +333,14 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     assert next(t for t in data["targets"] if t["key"] == "grade_accuracy")["met"] is None
     runs = {str(p.relative_to(out / "downstream")) for p in (out / "downstream").glob("*/runs/*")}
     assert runs == {"generated/runs/f0-s0", "generated/runs/f0-s1", *(f"{s}/runs/f0.25-s{i}" for i in (0, 1) for s in (
-        "generated", "copy-paste", "combined", "paper-generated"))}
+        "generated", "copy-paste", "combined", "real-maps", "more-real", "paper-generated"))}
     assert StudioDataset.open(out / "data" / "flow-spade").info["meta"]["source"] == "flow+spade"
     # 10 real, 2 held out per run: 8 train; 25 %: 3 synthetic (combined: 2 + 1); the paper's count: 8 · 246 / 200.
     unets = {p.parent.parent.parent.name: json.loads((p.parent / "unet.json").read_text())["data"]
              for p in (out / "downstream").glob("*/runs/f0.25-s0/eval.json")}
     assert {k: (d["n_real"], d["n_synthetic"], d["n_val"]) for k, d in unets.items()} == {
-        "generated": (8, 3, 2), "copy-paste": (8, 3, 2), "combined": (8, 3, 2), "paper-generated": (8, 10, 2)}
+        "generated": (8, 3, 2), "copy-paste": (8, 3, 2), "combined": (8, 3, 2), "real-maps": (8, 3, 2),
+        "more-real": (8, 3, 2), "paper-generated": (8, 10, 2)}
     assert len(unets["combined"]["synthetic"]) == 2 and unets["paper-generated"]["share_counting"] == "paper"
     assert set(unets["generated"]["thresholds"]) == {"hard_exudate", "haemorrhage"}
 
@@ -321,6 +348,9 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     stamps = {p: p.stat().st_mtime_ns for p in [out / "labels.json", out / "renders.json",
                                                 *out.glob("downstream/*/runs/*/eval.json")]}
     assert cli.main(_args(checkpoints, phantoms, out)) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # Sources are not pinned: a re-run with fewer of them reuses the runs it has.
+    assert cli.main([*_args(checkpoints, phantoms, out), "--sources", "generated,copy-paste"]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # One stage alone re-runs (from its cache) and the report keeps the others' sections.
     assert cli.main([*_args(checkpoints, phantoms, out), "--stages", "renders"]) == 0

@@ -25,7 +25,10 @@ in training. Three stages, each written to OUT and reused when the command is ru
    real pairs. Sources (:data:`DOWNSTREAM_SOURCES`): ``pool`` samples of ``generator`` + SPADE
    (``fundus-studio sample``; the folder's default generator unless ``generator`` is set), the
    copy-paste baseline built from the same real training pairs (``training.copy_paste``), and both
-   together (each run's synthetic count split evenly between the two pools); every run with the same
+   together (each run's synthetic count split evenly between the two pools); and two controls drawn
+   from real pairs of ``--data`` that are neither training nor test pairs: ``more-real`` (those pairs
+   as they are: what a perfect generator and renderer would add) and ``real-maps`` (their label maps
+   rendered by the shipped SPADE: a perfect generator with our renderer). Every run has the same
    step budget. Beside it, the paper-faithful variant: the generated source at ``paper_fractions``
    with the synthetic count of Son et al.'s rows (``training.unet.synthetic_count``, ``paper``).
 
@@ -70,8 +73,11 @@ from training.evaluate_segmentation import finite
 from training.report_text import markdown, source_labels, targets
 
 STAGES: tuple[str, ...] = ("labels", "renders", "downstream")
-# The downstream stage's kinds of synthetic data: the generator's pairs, the copy-paste baseline, both.
-DOWNSTREAM_SOURCES: tuple[str, ...] = ("generated", "copy-paste", "combined")
+# The downstream stage's kinds of synthetic data: the generator's pairs, the copy-paste baseline, both;
+# then two controls that tell the generator's share of a gap from the renderer's and from what any
+# extra data can give: unused real pairs as they are, and their real maps rendered by SPADE.
+DOWNSTREAM_SOURCES: tuple[str, ...] = ("generated", "copy-paste", "combined", "real-maps", "more-real")
+CONTROL_SOURCES: tuple[str, ...] = ("real-maps", "more-real")  # built from the unused real pairs
 SETTINGS_FILE = "config.json"
 REQUIRED: tuple[str, ...] = ("spade", "grade_classifier")  # a generator and a U-Net (the folder's or --segmenter) too
 SAMPLES_PER_GRADE = 4  # columns of the samples figure
@@ -165,10 +171,14 @@ class ReportConfig:
 
 # --- settings -------------------------------------------------------------------------------------
 
+# Not pinned: where and how fast the report runs, and which stages and downstream sources it has run
+# so far (each source's runs live in a folder of their own, so adding one leaves the others valid).
+UNPINNED = frozenset({"out", "stages", "threads", "jobs", "sources"})
+
 
 def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     """Write OUT/config.json, or check a re-run against it; return the settings."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "stages", "threads", "jobs")}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in UNPINNED}
     settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
     # How sampled maps are decoded (not a checkpoint, but it changes every generated map).
     settings["vessel_tree"] = config_to_dict(LabelSamplingConfig().vessel_tree)
@@ -180,11 +190,13 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     path = cfg.out / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text())
-        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        changed = sorted(k for k in settings.keys() | before.keys()
+                         if k not in UNPINNED and settings.get(k) != before.get(k))
         if changed:
             raise DatasetError(f"{cfg.out}: holds a report made with other settings ({', '.join(changed)} differ); "
                                "choose another --out, or delete it to start over")
-        return before
+        if not UNPINNED & before.keys():
+            return before
     cfg.out.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as fh:
         json.dump(settings, fh, indent=2)
@@ -329,13 +341,61 @@ def sample_grid(cfg: ReportConfig, studio: Studio) -> tuple[np.ndarray, np.ndarr
 # --- stage 3: downstream --------------------------------------------------------------------------
 
 
+def _shuffled(ds: StudioDataset, *, seed: int) -> list[Sample]:
+    return [ds.samples[i] for i in np.random.default_rng(seed).permutation(len(ds.samples))]
+
+
+def unused_real(ds: StudioDataset, *, taken: list[Sample], count: int, seed: int) -> list[Sample]:
+    """Up to ``count`` pairs of ``ds`` that are not in ``taken`` (the real training and test pairs), in
+    the seeded order :func:`split_real` draws from: the control sources' pairs."""
+    ids = {s.id for s in taken}
+    return [s for s in _shuffled(ds, seed=seed) if s.id not in ids][:count]
+
+
+def render_real_maps(ds: StudioDataset, samples: list[Sample], *, studio: Studio, out: Path, seed: int) -> Path:
+    """The studio dataset ``out`` of ``samples``' real label maps, each rendered by the studio's SPADE
+    with the photo seed of pair i (resumable; refuses a folder of other pairs or another seed)."""
+    meta = {"rendered_from": str(ds.root), "ids": [s.id for s in samples], "seed": seed}
+    writer = DatasetWriter(out, size=ds.size, created_by="fundus-studio evaluate", meta=meta)
+    if writer.info.get("meta") != meta:
+        raise DatasetError(f"{out}: holds other rendered maps; delete it or choose another --out")
+    done = writer.done_ids
+    for i, s in enumerate(samples):
+        if s.id not in done:
+            photo_seed = pair_seeds(seed, i)[1]
+            writer.add(sample_id=s.id, image=studio.render(ds.label(s), seed=photo_seed), label=ds.label(s),
+                       grade=s.grade, source="real map + SPADE", seed=photo_seed)
+    return writer.root
+
+
+def control_pools(cfg: ReportConfig, ds: StudioDataset, *, taken: list[Sample], studio: Studio,
+                  needs: set[str], data: Path) -> dict[str, Path]:
+    """The control sources' pools (``CONTROL_SOURCES`` in ``needs``) from the pairs of ``ds`` that are
+    neither training nor test pairs; DatasetError when there are fewer than the largest share needs."""
+    if not needs & set(CONTROL_SOURCES):
+        return {}
+    n_real = cfg.real_train - unet.val_count(cfg.real_train, cfg.val_fraction)
+    needed = unet.synthetic_count(n_real, max(cfg.fractions), counting="training-set", paper_real=cfg.paper_real)
+    extra = unused_real(ds, taken=taken, count=cfg.pool, seed=cfg.seed)
+    if len(extra) < needed:
+        raise DatasetError(f"{ds.root}: {len(extra)} pairs are neither training nor test pairs, but the control "
+                           f"sources ({', '.join(CONTROL_SOURCES)}) need {needed}; lower --test-count or leave them "
+                           "out of --sources")
+    pools = {}
+    if "more-real" in needs:
+        pools["more-real"] = write_subset(ds, extra, out=data / "more-real")
+    if "real-maps" in needs:
+        pools["real-maps"] = render_real_maps(ds, extra, studio=studio, out=data / "real-maps-spade", seed=cfg.seed)
+    return pools
+
+
 def split_real(ds: StudioDataset, *, count: int, test_count: int, seed: int) -> tuple[list[Sample], list[Sample]]:
     """(real training pairs, test pairs): ``count`` graded pairs taken grade by grade in turn from a
     seeded shuffle (so every grade is represented), and the rest (at most ``test_count`` if > 0)."""
     if not any(s.grade is not None for s in ds.samples):
         raise DatasetError(f"{ds.root}: no pair has a DR grade; the downstream stage draws its real training "
                            "pairs and the copy-paste donors by grade (run --stages labels,renders without it)")
-    order = [ds.samples[i] for i in np.random.default_rng(seed).permutation(len(ds.samples))]
+    order = _shuffled(ds, seed=seed)
     queues = {g: [s for s in order if s.grade == g] for g in range(labels.NUM_GRADES)}
     train: list[Sample] = []
     while len(train) < count and any(queues.values()):
@@ -385,9 +445,11 @@ def downstream_stage(cfg: ReportConfig) -> dict[str, Any]:
     if needs & {"copy-paste", "combined"}:
         pools["copy-paste"] = copy_paste.make_dataset(copy_paste.CopyPasteConfig(
             real=real_dir, out=data / "copy-paste", count=cfg.pool, donors=cfg.donors, seed=cfg.seed))
+    pools.update(control_pools(cfg, ds, taken=train + test, studio=studio, needs=needs, data=data))
     # "combined": every run's synthetic count split evenly between the generated and copy-paste pools.
     source_pools = {"generated": (pools.get("generated"),), "copy-paste": (pools.get("copy-paste"),),
-                    "combined": (pools.get("generated"), pools.get("copy-paste"))}
+                    "combined": (pools.get("generated"), pools.get("copy-paste")),
+                    **{s: (pools.get(s),) for s in CONTROL_SOURCES}}
     # Two runs at once on one thread each: the small U-Nets scale worse across threads than across processes.
     run_threads = cfg.threads if cfg.jobs == 1 else max(1, (cfg.threads or os.cpu_count() or 1) // cfg.jobs)
 

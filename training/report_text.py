@@ -50,7 +50,8 @@ TEXTURE_RANGE = (0.6, 1.6)
 def source_labels(generator: str) -> dict[str, str]:
     """The downstream sources (``training.report.DOWNSTREAM_SOURCES``) as the tables name them."""
     gen = f"{GENERATOR_LABELS.get(generator, generator)} + SPADE"
-    return {"generated": gen, "copy-paste": "copy-paste", "combined": f"{gen} + copy-paste (half each)"}
+    return {"generated": gen, "copy-paste": "copy-paste", "combined": f"{gen} + copy-paste (half each)",
+            "real-maps": "control: unused real maps + SPADE", "more-real": "control: unused real pairs"}
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -442,7 +443,10 @@ def downstream_section(r: dict[str, Any], *, data: str, donors: int, seeds: int,
              (f"{r['real_train']} real pairs (stratified by grade) and {r['test']} test pairs from `{data}`; "
               f"synthetic pools of {r['pool']} pairs each: {names['generated']} samples, and the copy-paste "
               f"baseline (lesions of {donors} same-grade real training pairs pasted onto a real one); "
-              "\"+ copy-paste\" rows take half their synthetic pairs from each pool. One U-Net per run segments "
+              "\"+ copy-paste\" rows take half their synthetic pairs from each pool. Two controls, where run, take "
+              "their pairs from the real pairs that are neither training nor test pairs: the \"unused real maps + "
+              "SPADE\" rows render those pairs' label maps (a perfect generator, our renderer), the \"unused real "
+              "pairs\" rows add them as they are (what any extra data of the kind can give). One U-Net per run segments "
               f"{', '.join(classes)} (one sigmoid each). Every U-Net: preset `{run.get('preset')}`, "
               f"{run.get('steps') or 'the preset’s'} steps, {seeds} seeds; mean ± sample sd over seeds. Each run "
               f"holds out {run.get('val_fraction', 0):g} of the real pairs (by grade, seeded; real images only) and "
