@@ -362,8 +362,8 @@ def render_real_maps(ds: StudioDataset, samples: list[Sample], *, studio: Studio
     done = writer.done_ids
     for i, s in enumerate(samples):
         if s.id not in done:
-            photo_seed = pair_seeds(seed, i)[1]
-            writer.add(sample_id=s.id, image=studio.render(ds.label(s), seed=photo_seed), label=ds.label(s),
+            label_map, photo_seed = ds.label(s), pair_seeds(seed, i)[1]
+            writer.add(sample_id=s.id, image=studio.render(label_map, seed=photo_seed), label=label_map,
                        grade=s.grade, source="real map + SPADE", seed=photo_seed)
     return writer.root
 
