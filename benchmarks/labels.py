@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import conv_reference, setup_threads, time_call  # noqa: E402
 
 from fundus_studio import labels  # noqa: E402
+from fundus_studio.pipeline import LabelSampler  # noqa: E402
 from fundus_studio.studio import GENERATORS, Studio  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def compare_overlap(sampler: object, *, grades: list[int], size: int, runs: int) -> None:
+def compare_overlap(sampler: LabelSampler, *, grades: list[int], size: int, runs: int) -> None:
     """Alternate overlapped and serial batches ``runs`` times each (after one warm-up of each)."""
     configs = {on: dataclasses.replace(sampler.config, overlap_decode=on) for on in (True, False)}
     times: dict[bool, list[float]] = {True: [], False: []}

@@ -77,8 +77,7 @@ class LesionSpotsConfig:
 def _grown(blob: np.ndarray, radius: int) -> np.ndarray:
     if radius < 1:
         return blob
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(blob.astype(np.uint8), kernel).astype(bool)
+    return cv2.dilate(blob.astype(np.uint8), stamp(2 * radius + 1)).astype(bool)
 
 
 def _spots_for_blob(out: np.ndarray, region: np.ndarray, *, cls: int, area: int,

@@ -161,8 +161,7 @@ def redraw_vessels(p_vessel: np.ndarray, index_map: np.ndarray, *,
     vessel = draw_widths(centreline, width) & fov
 
     radius = max(1, int(round(config.disc_closing * side / 2)))
-    outline = cv2.morphologyEx(disc.astype(np.uint8), cv2.MORPH_CLOSE,
-                               cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))).astype(bool)
+    outline = cv2.morphologyEx(disc.astype(np.uint8), cv2.MORPH_CLOSE, stamp(2 * radius + 1)).astype(bool)
     old_vessel = index_map == VESSEL
     out = np.where(old_vessel, np.where(outline, OPTIC_DISC, RETINA), index_map)
     # Vessels run over the retina and the disc; lesions stay on top, as in the phantoms' paint order.

@@ -154,19 +154,27 @@ class ReportConfig:
         if not 0.0 < self.val_fraction < 1.0 or unet.val_count(self.real_train, self.val_fraction) < 1:
             raise ValueError(f"val_fraction must hold out at least one of {self.real_train} real pairs and leave "
                              f"some, got {self.val_fraction}")
-        n_real = self.real_train - unet.val_count(self.real_train, self.val_fraction)
-        if n_real < 1:
+        if self.real_trained < 1:
             raise ValueError(f"val_fraction {self.val_fraction} leaves no real training pair of {self.real_train}")
         for fractions, counting in ((self.fractions, "training-set"), (self.paper_fractions, "paper")):
-            for f in fractions[-1:]:
-                needed = unet.synthetic_count(n_real, f, counting=counting, paper_real=self.paper_real)
-                if needed > self.pool:
-                    raise ValueError(f"a {100 * f:g} % share ({counting} counting) of {n_real} real training pairs "
-                                     f"needs {needed} synthetic pairs; raise pool (now {self.pool})")
+            if fractions and (needed := self.largest_synthetic(counting=counting)) > self.pool:
+                raise ValueError(f"a {100 * fractions[-1]:g} % share ({counting} counting) of {self.real_trained} real "
+                                 f"training pairs needs {needed} synthetic pairs; raise pool (now {self.pool})")
         if self.unet_preset not in unet.PRESETS:
             raise ValueError(f"unet_preset must be one of {', '.join(sorted(unet.PRESETS))}, got {self.unet_preset!r}")
         # Full taxonomy names (short ones accepted): the experiment's results are keyed by them.
         object.__setattr__(self, "classes", tuple(labels.NAMES[labels.class_index(n)] for n in self.classes))
+
+    @property
+    def real_trained(self) -> int:
+        """Real pairs each downstream run trains on (``real_train`` less its validation split)."""
+        return self.real_train - unet.val_count(self.real_train, self.val_fraction)
+
+    def largest_synthetic(self, *, counting: str = "training-set") -> int:
+        """Synthetic pairs the largest share of ``fractions`` (training-set counting) or of
+        ``paper_fractions`` (``paper``) needs."""
+        fractions = self.fractions if counting == "training-set" else self.paper_fractions
+        return unet.synthetic_count(self.real_trained, max(fractions), counting=counting, paper_real=self.paper_real)
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -374,8 +382,7 @@ def control_pools(cfg: ReportConfig, ds: StudioDataset, *, taken: list[Sample], 
     neither training nor test pairs; DatasetError when there are fewer than the largest share needs."""
     if not needs & set(CONTROL_SOURCES):
         return {}
-    n_real = cfg.real_train - unet.val_count(cfg.real_train, cfg.val_fraction)
-    needed = unet.synthetic_count(n_real, max(cfg.fractions), counting="training-set", paper_real=cfg.paper_real)
+    needed = cfg.largest_synthetic()
     extra = unused_real(ds, taken=taken, count=cfg.pool, seed=cfg.seed)
     if len(extra) < needed:
         raise DatasetError(f"{ds.root}: {len(extra)} pairs are neither training nor test pairs, but the control "
