@@ -1,16 +1,17 @@
 """Label-map sampling speed of a checkpoints folder's generators at the studio's size.
 
     python benchmarks/labels.py [--checkpoints checkpoints] [--size 512] [--batch 16] [--runs 5]
-    python benchmarks/labels.py --compare-overlap [--runs 10]
+    python benchmarks/labels.py --compare-workers [--runs 10]
 
 For each generator present (the flow prior with its upsampler, the ACGAN): maps per second when
 sampled in batches (``fundus-studio sample``, the Gallery, exports) and the latency of one map (the
 Paint canvas's "start from a sample"). Targets (issue 11): ≥ 5 maps/s in batches, ≤ 0.5 s for one.
 Prints medians and the reference convolution's throughput measured in the same run (PERF.md).
 
-``--compare-overlap`` times the flow sampler's batches with ``LabelSamplingConfig.overlap_decode`` on
-and off, alternating batch by batch so that both see the same machine (its speed drifts by a third
-between minutes here), and prints both medians and the median of the paired ratios.
+``--compare-workers`` times the flow sampler's batches with ``LabelSamplingConfig.workers`` at its
+default (a worker per torch thread) and at 1 (batches one after another on every thread), alternating
+batch by batch so that both see the same machine (its speed drifts by a third between minutes here),
+and prints both medians and the median of the paired ratios.
 """
 
 from __future__ import annotations
@@ -38,27 +39,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="maps per batch (default 16)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs after warm-up (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
-    parser.add_argument("--compare-overlap", action="store_true",
-                        help="A/B the default generator's batches with decoding overlapped and serial")
+    parser.add_argument("--compare-workers", action="store_true",
+                        help="A/B the default generator's batches with parallel workers and one after another")
     return parser.parse_args()
 
 
-def compare_overlap(sampler: LabelSampler, *, grades: list[int], size: int, runs: int) -> None:
-    """Alternate overlapped and serial batches ``runs`` times each (after one warm-up of each)."""
-    configs = {on: dataclasses.replace(sampler.config, overlap_decode=on) for on in (True, False)}
-    times: dict[bool, list[float]] = {True: [], False: []}
+def compare_workers(sampler: LabelSampler, *, grades: list[int], size: int, runs: int) -> None:
+    """Alternate parallel and serial batches ``runs`` times each (after one warm-up of each)."""
+    configs = {"parallel": sampler.config, "serial": dataclasses.replace(sampler.config, workers=1)}
+    times: dict[str, list[float]] = {name: [] for name in configs}
     for i in range(runs + 1):
-        for on in ((True, False) if i % 2 else (False, True)):  # neither side always goes first
-            sampler.config = configs[on]
+        for name in (("parallel", "serial") if i % 2 else ("serial", "parallel")):  # neither always goes first
+            sampler.config = configs[name]
             start = time.perf_counter()
             sampler.sample_grades(grades, seed=0, size=size)
             if i:  # the first round warms up
-                times[on].append(time.perf_counter() - start)
-    ratios = [off / on for on, off in zip(times[True], times[False])]
-    for on in (True, False):
-        print(f"overlap_decode={on}: {len(grades) / statistics.median(times[on]):.2f} maps/s "
-              f"(median {statistics.median(times[on]):.2f} s a batch of {len(grades)}, {runs} runs)")
-    print(f"serial / overlapped time, median of {runs} paired runs: {statistics.median(ratios):.3f} "
+                times[name].append(time.perf_counter() - start)
+    ratios = [s / p for p, s in zip(times["parallel"], times["serial"])]
+    sampler.config = configs["parallel"]
+    batches = -(-len(grades) // sampler.config.batch_size)
+    for name in configs:
+        workers = sampler.workers(batches=batches) if name == "parallel" else 1
+        print(f"{name} ({workers} worker{'s' * (workers > 1)}): {len(grades) / statistics.median(times[name]):.2f} "
+              f"maps/s (median {statistics.median(times[name]):.2f} s a batch of {len(grades)}, {runs} runs)")
+    print(f"serial / parallel time, median of {runs} paired runs: {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f}–{max(ratios):.3f})")
 
 
@@ -71,8 +75,8 @@ def main() -> int:
     studio = Studio.from_checkpoints(args.checkpoints)
     print(f"{threads} threads; reference conv {conv_reference(runs=3)[0]:.0f} GFLOP/s")
     grades = [g % labels.NUM_GRADES for g in range(args.batch)]
-    if args.compare_overlap:
-        compare_overlap(studio.sampler(), grades=grades, size=args.size, runs=args.runs)
+    if args.compare_workers:
+        compare_workers(studio.sampler(), grades=grades, size=args.size, runs=args.runs)
         return 0
     for name, ckpt in GENERATORS.items():
         if not studio.has(ckpt):

@@ -244,10 +244,36 @@ def test_learning_rate_warms_up_then_decays_by_cosine_to_its_floor() -> None:
         TrainConfig(steps=100, decay_start=100)
 
 
-def test_finishing_maps_on_a_worker_thread_does_not_change_them() -> None:
-    overlapped = tiny_sampler()
-    assert overlapped.config.overlap_decode
-    serial = LabelSampler(overlapped.prior, upsampler=overlapped.upsampler,
-                          config=dataclasses.replace(overlapped.config, overlap_decode=False))
-    grades = [4, 3, 2, 4, 0]  # two prior batches of 3, upsampler calls of 2: five futures
-    assert np.array_equal(overlapped.sample_grades(grades, seed=4), serial.sample_grades(grades, seed=4))
+def test_sampling_batches_on_worker_threads_does_not_change_the_maps() -> None:
+    parallel = tiny_sampler()
+    assert parallel.config.workers is None and torch.get_num_threads() >= 1
+    serial = LabelSampler(parallel.prior, upsampler=parallel.upsampler,
+                          config=dataclasses.replace(parallel.config, workers=1))
+    wide = LabelSampler(parallel.prior, upsampler=parallel.upsampler,
+                        config=dataclasses.replace(parallel.config, workers=3))
+    grades = [4, 3, 2, 4, 0, 1, 2]  # three prior batches of 3 (the last short), upsampler calls of 2
+    before = torch.get_num_threads()
+    maps = serial.sample_grades(grades, seed=4)
+    assert wide.workers(batches=3) == min(3, before) and serial.workers(batches=3) == 1
+    assert np.array_equal(wide.sample_grades(grades, seed=4), maps)
+    assert np.array_equal(parallel.sample_grades(grades, seed=4), maps)
+    assert torch.get_num_threads() == before  # the workers' thread share stays on their threads
+
+
+def test_guidance_interval_guides_only_the_steps_it_covers() -> None:
+    model = seeded(FlowUNet(TINY_FLOW))
+    calls: list[int] = []
+    model.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    noise = torch.randn(2, TINY_FLOW.num_classes, TINY_FLOW.resolution, TINY_FLOW.resolution,
+                        generator=torch.Generator().manual_seed(0))
+    grades = torch.tensor([1, 4])
+    half = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=2.0,
+                                                                         guidance_interval=(0.0, 0.5)))
+    assert calls == [4, 4, 2, 2]  # t = 0, 0.25 guided (both branches in one call), t = 0.5, 0.75 not
+    never = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=2.0,
+                                                                          guidance_interval=(0.0, 0.0)))
+    off = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=1.0))
+    full = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=2.0))
+    assert torch.equal(never, off) and not torch.allclose(half, off) and not torch.allclose(half, full)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        FlowSamplingConfig(guidance_interval=(0.6, 0.4))

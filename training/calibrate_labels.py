@@ -29,7 +29,7 @@ import torch
 
 from fundus_studio import labels
 from fundus_studio.calibration import CALIBRATION_FILE, LabelCalibration
-from fundus_studio.checkpoint import paths_for, read_info
+from fundus_studio.checkpoint import config_to_dict, paths_for, read_info
 from fundus_studio.dataset import MANIFEST_FILE
 from fundus_studio.errors import StudioError
 from fundus_studio.pipeline import probabilities_to_labels
@@ -137,7 +137,8 @@ def calibrate(cfg: CalibrateConfig) -> LabelCalibration:
         print(f"grade {g}: " + ", ".join(f"{labels.NAMES[k]} {before[k]:.4f} → {after[k]:.4f} "
                                          f"(training {target[g, k]:.4f})" for k in labels.LESIONS), file=sys.stderr)
     fit = {"data": str(cfg.data), "data_manifest_sha256": hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest(),
-           "generator": cfg.generator, "maps_per_grade": cfg.maps_per_grade, "seed": cfg.seed, "side": cfg.side,
+           "generator": cfg.generator, "flow_sampling": config_to_dict(sampler.config.flow) if sampler.is_flow else None,
+           "maps_per_grade": cfg.maps_per_grade, "seed": cfg.seed, "side": cfg.side,
            "sweeps": cfg.sweeps, "iterations": cfg.iterations, "shares": report,
            "command": "python -m training.calibrate_labels " + " ".join(sys.argv[1:])}
     return LabelCalibration(log_weights=log_weights, prior_file=paths_for(prior_path)[0].name,

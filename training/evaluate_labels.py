@@ -278,6 +278,10 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
                         help=f"flow prior: Euler steps (default {FlowSamplingConfig.steps})")
     parser.add_argument("--guidance", type=float, default=FlowSamplingConfig.guidance,
                         help=f"flow prior: classifier-free guidance weight (default {FlowSamplingConfig.guidance})")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                        default=FlowSamplingConfig.guidance_interval,
+                        help="flow prior: guide the steps starting at t in [LO, HI) (default "
+                             f"{' '.join(map(str, FlowSamplingConfig.guidance_interval))})")
     parser.add_argument("--data", type=Path, required=True, help="real studio dataset")
     parser.add_argument("--classifier", type=Path, default=None, help="grade classifier checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
@@ -293,7 +297,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
                           per_grade=args.per_grade, seed=args.seed, upsampler=args.upsampler,
                           train_data=args.train_data, size=args.size, calibrated=not args.no_calibration,
                           vessel_tree=args.vessels == "tree",
-                          flow=FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance))
+                          flow=FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance,
+                                                  guidance_interval=tuple(args.guidance_interval)))
     except ValueError as err:
         parser.error(str(err))
         raise

@@ -188,7 +188,8 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     """Write OUT/config.json, or check a re-run against it; return the settings."""
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in UNPINNED}
     settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
-    # How sampled maps are decoded (not a checkpoint, but it changes every generated map).
+    # How maps are sampled and decoded (not a checkpoint, but it changes every generated map).
+    settings["flow_sampling"] = config_to_dict(LabelSamplingConfig().flow)
     settings["vessel_tree"] = config_to_dict(LabelSamplingConfig().vessel_tree)
     settings["lesion_spots"] = config_to_dict(LabelSamplingConfig().lesion_spots)
     # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
