@@ -87,7 +87,7 @@ class LabelSamplingConfig:
     lesion_spots: LesionSpotsConfig | None = LesionSpotsConfig()
     # Batches sampled at once on the CPU, each on its own thread with an equal share of torch's
     # threads (no effect on the result). The small networks here use one core each better than two
-    # together: 1.2× the maps a second on 2 cores (docs/training.md, "Sampling speed"). None: one
+    # together: 1.13× the maps a second on 2 cores (docs/training.md, "Sampling speed"). None: one
     # worker per torch thread; 1: batches one after another with every thread.
     workers: int | None = None
 
