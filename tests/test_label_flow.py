@@ -273,7 +273,8 @@ def test_guidance_interval_guides_only_the_steps_it_covers() -> None:
     never = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=2.0,
                                                                           guidance_interval=(0.0, 0.0)))
     off = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=1.0))
-    full = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=2.0))
+    full = integrate_flow(model, noise, grades, config=FlowSamplingConfig(steps=4, guidance=2.0,
+                                                                         guidance_interval=(0.0, 1.0)))
     assert torch.equal(never, off) and not torch.allclose(half, off) and not torch.allclose(half, full)
     with pytest.raises(ValueError, match="guidance_interval"):
         FlowSamplingConfig(guidance_interval=(0.6, 0.4))
