@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import time
@@ -57,9 +58,9 @@ def compare_workers(sampler: LabelSampler, *, grades: list[int], size: int, runs
                 times[name].append(time.perf_counter() - start)
     ratios = [s / p for p, s in zip(times["parallel"], times["serial"])]
     sampler.config = configs["parallel"]
-    batches = -(-len(grades) // sampler.config.batch_size)
+    parallel = sampler.workers(batches=math.ceil(len(grades) / sampler.config.batch_size))
     for name in configs:
-        workers = sampler.workers(batches=batches) if name == "parallel" else 1
+        workers = parallel if name == "parallel" else 1
         print(f"{name} ({workers} worker{'s' * (workers > 1)}): {len(grades) / statistics.median(times[name]):.2f} "
               f"maps/s (median {statistics.median(times[name]):.2f} s a batch of {len(grades)}, {runs} runs)")
     print(f"serial / parallel time, median of {runs} paired runs: {statistics.median(ratios):.3f} "

@@ -286,15 +286,19 @@ class LabelSampler:
             raise InputError(f"size must be positive, got {size}")
         z = self.latents(count=len(grades), seed=seed)
         bs = self.config.batch_size
-        batches = [dict(z=zb, grades=gb, seed=seed, first=i * bs, size=size)
-                   for i, (zb, gb) in enumerate(zip(z.split(bs), grades.split(bs)))]
-        workers = self.workers(batches=len(batches))
+
+        def batch(first: int) -> np.ndarray:
+            return self.sample_batch(z=z[first:first + bs], grades=grades[first:first + bs], seed=seed,
+                                     first=first, size=size)
+
+        firsts = range(0, len(grades), bs)
+        workers = self.workers(batches=len(firsts))
         if workers == 1:
-            return np.concatenate([self.sample_batch(**b) for b in batches])
+            return np.concatenate([batch(f) for f in firsts])
         # torch releases the GIL, so the workers' networks and numpy decoding run side by side.
         threads = max(1, torch.get_num_threads() // workers)
         with ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            return np.concatenate(list(pool.map(lambda b: self.sample_batch(**b), batches)))
+            return np.concatenate(list(pool.map(batch, firsts)))
 
     @torch.no_grad()
     def sample_batch(self, *, z: torch.Tensor, grades: torch.Tensor, seed: int, first: int, size: int) -> np.ndarray:

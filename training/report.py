@@ -189,9 +189,10 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in UNPINNED}
     settings["checkpoint_hashes"] = Studio.from_checkpoints(cfg.checkpoints).checkpoint_hashes()
     # How maps are sampled and decoded (not a checkpoint, but it changes every generated map).
-    settings["flow_sampling"] = config_to_dict(LabelSamplingConfig().flow)
-    settings["vessel_tree"] = config_to_dict(LabelSamplingConfig().vessel_tree)
-    settings["lesion_spots"] = config_to_dict(LabelSamplingConfig().lesion_spots)
+    sampling = LabelSamplingConfig()
+    settings["flow_sampling"] = config_to_dict(sampling.flow)
+    settings["vessel_tree"] = config_to_dict(sampling.vessel_tree)
+    settings["lesion_spots"] = config_to_dict(sampling.lesion_spots)
     # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
     settings["data_manifest_sha256"] = hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest()
     if cfg.segmenter is not None:
