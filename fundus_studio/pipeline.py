@@ -14,6 +14,7 @@ clean disc: everything outside the circle is ``outside``, nothing inside is.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -28,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from fundus_studio.calibration import LabelCalibration, calibration_for
-from fundus_studio.checkpoint import load_model, paths_for, read_info
+from fundus_studio.checkpoint import config_to_dict, load_model, paths_for, read_info
 from fundus_studio.errors import CheckpointError, InputError
 from fundus_studio.labels import LESIONS, NAMES, NUM_CLASSES, NUM_GRADES, OUTSIDE, VESSEL, check_index_map
 from fundus_studio.lesion_spots import LesionSpotsConfig, redraw_spots
+from fundus_studio.lesion_tangles import LesionTanglesConfig, redraw_tangles
 from fundus_studio.models.acgan import Generator
 from fundus_studio.models.grade_classifier import GradeClassifier, prepare_maps
 from fundus_studio.models.label_flow import FlowUNet, LabelUpsampler
@@ -48,13 +50,15 @@ MAX_FOV_RADIUS: float = math.sqrt(2.0)
 class FlowSamplingConfig:
     """How the flow-matching prior is integrated (the ODE from noise at t = 0 to a map at t = 1)."""
 
-    steps: int = 16  # Euler steps (network calls per map: steps, plus one per guided step); docs/training.md
-    guidance: float = 1.5  # classifier-free guidance weight w: v = v_uncond + w (v_grade − v_uncond); 1 = off
-    # Steps starting at t in [lo, hi) are guided; the others take the grade's velocity alone at half the
-    # cost (one network call instead of two). Guiding only the first half at w = 2.0 (Kynkäänniemi et al.
-    # 2024 limit guidance to an interval) measured as good at 24 calls a map instead of 32, but changes
-    # every map, so it waits for the report to be regenerated with it (docs/training.md, "Sampling speed").
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    # Euler steps (network calls per map: steps, plus one per guided step). 12 steps guided on their first
+    # half take 18 calls a map (session 10: 16 steps guided throughout, 32 calls) and meet every label
+    # target once neovascularisation is drawn as tangles (docs/training.md, "Sampling speed (session 12)").
+    steps: int = 12
+    guidance: float = 2.0  # classifier-free guidance weight w: v = v_uncond + w (v_grade − v_uncond); 1 = off
+    # Steps starting at t in [lo, hi) are guided; the others take the grade's velocity alone, one network
+    # call instead of two (Kynkäänniemi et al. 2024 limit guidance to an interval). The layout is settled
+    # early in the path, so guiding the first half keeps the grade.
+    guidance_interval: tuple[float, float] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.guidance < 0:
@@ -85,6 +89,9 @@ class LabelSamplingConfig:
     # Microaneurysms and hard exudates drawn as spots where the arg-max drew blobs
     # (fundus_studio.lesion_spots); None: the arg-max's blobs.
     lesion_spots: LesionSpotsConfig | None = LesionSpotsConfig()
+    # Neovascularisation and IRMA drawn as tangles of strands where the arg-max drew solid blobs, which
+    # split the optic disc (fundus_studio.lesion_tangles); None: the arg-max's blobs.
+    lesion_tangles: LesionTanglesConfig | None = LesionTanglesConfig()
     # Batches sampled at once on the CPU, each on its own thread with an equal share of torch's
     # threads (no effect on the result). The small networks here use one core each better than two
     # together: 1.13× the maps a second on 2 cores (docs/training.md, "Sampling speed"). None: one
@@ -166,6 +173,7 @@ def integrate_flow(model: FlowUNet, noise: torch.Tensor, grades: torch.Tensor, *
 
 
 LabelPrior = Generator | FlowUNet  # what draws a coarse map for a grade
+log = logging.getLogger(__name__)
 
 
 def takes_upsampler(prior_path: str | os.PathLike[str], upsampler_path: str | os.PathLike[str]) -> bool:
@@ -206,6 +214,16 @@ class LabelSampler:
         self.config = config
         self.calibration = calibration  # per-grade lesion weights before the arg-max (fundus_studio.calibration)
         self.device = torch.device(device)
+        self._check_calibration_settings()
+
+    def _check_calibration_settings(self) -> None:
+        """Warn when the calibration was fitted for another way of sampling the flow prior: its lesion
+        weights still apply, but each class's share may drift from the one it was fitted for."""
+        fitted = None if self.calibration is None else self.calibration.fit.get("flow_sampling")
+        if self.is_flow and isinstance(fitted, dict) and fitted != config_to_dict(self.config.flow):
+            log.warning("the label calibration was fitted for flow sampling %s, not %s: lesion shares may drift; "
+                        "refit with `python -m training.calibrate_labels` and the same --flow-steps, --guidance "
+                        "and --guidance-interval", fitted, config_to_dict(self.config.flow))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, upsampler: str | os.PathLike[str] | None = None,
@@ -324,13 +342,22 @@ class LabelSampler:
         return maps, p_vessel
 
     def redraw(self, maps: np.ndarray, p_vessel: np.ndarray | None, *, rngs: list[np.random.Generator]) -> np.ndarray:
-        """Arg-max maps → final maps: (with ``config.lesion_spots``) small lesions redrawn as spots, map
-        i drawing from ``rngs[i]``, then (with ``config.vessel_tree``) the vessels redrawn as a tree."""
-        if self.config.lesion_spots is not None:
-            maps = np.stack([redraw_spots(m, rng=r, config=self.config.lesion_spots) for m, r in zip(maps, rngs)])
+        """Arg-max maps → final maps: (with ``config.lesion_spots``) small lesions redrawn as spots, then
+        (with ``config.lesion_tangles``) new vessels (NV, IRMA) as tangles, map i drawing from ``rngs[i]``,
+        then (with ``config.vessel_tree``) the vessels redrawn as a tree."""
+        spots, tangles = self.config.lesion_spots, self.config.lesion_tangles
+        if spots is not None or tangles is not None:
+            maps = np.stack([self._redraw_lesions(m, rng=r) for m, r in zip(maps, rngs)])
         if p_vessel is None:
             return maps
         return np.stack([redraw_vessels(p, m, config=self.config.vessel_tree) for p, m in zip(p_vessel, maps)])
+
+    def _redraw_lesions(self, index_map: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        if self.config.lesion_spots is not None:
+            index_map = redraw_spots(index_map, rng=rng, config=self.config.lesion_spots)
+        if self.config.lesion_tangles is not None:
+            index_map = redraw_tangles(index_map, rng=rng, config=self.config.lesion_tangles)
+        return index_map
 
     def sample(self, *, grade: int, count: int, seed: int, size: int | None = None) -> np.ndarray:
         """``count`` maps of DR ``grade`` → (count, size, size) uint8 class indices."""

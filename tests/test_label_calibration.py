@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -13,9 +14,10 @@ import torch
 
 from fundus_studio import labels
 from fundus_studio.calibration import CALIBRATION_FILE, LabelCalibration, calibration_for, load_calibration
-from fundus_studio.checkpoint import read_info
+from fundus_studio.checkpoint import config_to_dict, read_info
 from fundus_studio.errors import CheckpointError
 from fundus_studio.phantom import write_phantoms
+from fundus_studio.pipeline import LabelSampler, LabelSamplingConfig
 from fundus_studio.studio import Studio
 from training import calibrate_labels
 
@@ -75,6 +77,20 @@ def test_a_calibration_applies_only_to_the_checkpoints_it_was_fitted_for(folder:
     assert "fitted for other label checkpoints" in caplog.text
 
 
+def test_a_calibration_fitted_for_other_flow_sampling_is_used_with_a_warning(folder: Path, caplog) -> None:
+    prior, upsampler = folder / "label_flow.safetensors", folder / "label_upsampler.safetensors"
+    fitted = LabelSamplingConfig().flow
+    _calibration(folder, fit={"flow_sampling": config_to_dict(fitted)}).save(folder / CALIBRATION_FILE)
+    with caplog.at_level(logging.WARNING, logger="fundus_studio.pipeline"):
+        same = LabelSampler.from_checkpoint(prior, upsampler=upsampler)
+    assert same.calibration is not None and not caplog.records
+    other = LabelSamplingConfig(flow=dataclasses.replace(fitted, steps=fitted.steps + 1))
+    with caplog.at_level(logging.WARNING, logger="fundus_studio.pipeline"):
+        sampler = LabelSampler.from_checkpoint(prior, upsampler=upsampler, config=other)
+    assert sampler.calibration is not None
+    assert "fitted for flow sampling" in caplog.text and "--flow-steps" in caplog.text
+
+
 def test_the_studio_samples_with_the_calibration_and_pins_it(folder: Path) -> None:
     plain = Studio.from_checkpoints(folder)
     before, plain_hashes = plain.sample_labels(grade=0, count=3, seed=1, size=64), plain.checkpoint_hashes()
@@ -100,6 +116,10 @@ def test_the_fit_reaches_the_training_shares_and_never_draws_what_a_grade_lacks(
             else:  # bisection on a monotone share: at least as close as without calibration
                 assert abs(s["calibrated"] - s["training"]) <= abs(s["uncalibrated"] - s["training"]) + 1e-6
     assert cal.prior_sha256 == read_info(folder / "label_flow")["sha256"]
+    assert cal.fit["flow_sampling"] == config_to_dict(LabelSamplingConfig().flow)
     assert calibrate_labels.main(["--checkpoints", str(folder), "--data", str(data), "--maps-per-grade", "2",
-                                  "--side", "32"]) == 0
-    assert calibration_for(folder / "label_flow.safetensors", folder / "label_upsampler.safetensors") is not None
+                                  "--side", "32", "--flow-steps", "2", "--guidance-interval", "0", "0.5"]) == 0
+    written = calibration_for(folder / "label_flow.safetensors", folder / "label_upsampler.safetensors")
+    assert written is not None  # fitted for the flags' sampling, and says so
+    assert written.fit["flow_sampling"] == {**config_to_dict(LabelSamplingConfig().flow), "steps": 2,
+                                            "guidance_interval": [0.0, 0.5]}

@@ -17,6 +17,7 @@ another job (reading 3000 training maps, sampling 160 maps, and the bisection's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import sys
@@ -32,8 +33,9 @@ from fundus_studio.calibration import CALIBRATION_FILE, LabelCalibration
 from fundus_studio.checkpoint import config_to_dict, paths_for, read_info
 from fundus_studio.dataset import MANIFEST_FILE
 from fundus_studio.errors import StudioError
-from fundus_studio.pipeline import probabilities_to_labels
+from fundus_studio.pipeline import FlowSamplingConfig, probabilities_to_labels
 from fundus_studio.studio import GENERATORS, UPSAMPLER, Studio
+from training.evaluate_labels import add_flow_arguments, flow_from_args
 from training.harness import load_label_maps
 
 
@@ -52,6 +54,7 @@ class CalibrateConfig:
     iterations: int = 14  # bisection steps per class and pass
     bounds: tuple[float, float] = (-12.0, 14.0)  # log-weight search interval
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    flow: FlowSamplingConfig = FlowSamplingConfig()  # how a flow prior is sampled: fit for the setting in use
 
     def __post_init__(self) -> None:
         if self.maps_per_grade < 1 or self.side < 16 or self.sweeps < 1 or self.iterations < 1:
@@ -117,6 +120,7 @@ def calibrate(cfg: CalibrateConfig) -> LabelCalibration:
     prior_path = studio.path(GENERATORS[cfg.generator])
     # The Studio's sampler, loaded once; its probabilities and refine() come before any calibration.
     sampler = studio.sampler(cfg.generator)
+    sampler.config = dataclasses.replace(sampler.config, flow=cfg.flow)
     upsampler_path = studio.path(UPSAMPLER) if sampler.upsampler is not None else None
     target = training_shares(cfg.data, side=cfg.side)
     log_weights = torch.zeros(labels.NUM_GRADES, labels.NUM_CLASSES)
@@ -157,10 +161,12 @@ def parse_args(argv: list[str] | None = None) -> CalibrateConfig:
     p.add_argument("--side", type=int, default=CalibrateConfig.side)
     p.add_argument("--seed", type=int, default=CalibrateConfig.seed)
     p.add_argument("--threads", type=int, default=None)
+    add_flow_arguments(p)
     args = p.parse_args(argv)
     try:
         return CalibrateConfig(checkpoints=args.checkpoints, data=args.data, out=args.out, generator=args.generator,
-                               maps_per_grade=args.maps_per_grade, side=args.side, seed=args.seed, threads=args.threads)
+                               maps_per_grade=args.maps_per_grade, side=args.side, seed=args.seed, threads=args.threads,
+                               flow=flow_from_args(args))
     except ValueError as err:
         p.error(str(err))
         raise

@@ -41,6 +41,7 @@ from fundus_studio.errors import CheckpointError, StudioError
 from fundus_studio.imageio import atomic_write
 from fundus_studio.models.grade_classifier import GradeClassifier
 from fundus_studio.pipeline import FlowSamplingConfig, LabelSampler, LabelSamplingConfig, takes_upsampler
+from fundus_studio.lesion_tangles import LesionTanglesConfig
 from fundus_studio.vessel_tree import VesselTreeConfig
 from training import anatomy, harness
 from training.evaluate_segmentation import number
@@ -65,6 +66,7 @@ class EvalConfig:
     diversity_pairs: int = 200  # random pairs per grade for the disagreement estimate
     calibrated: bool = True  # use label_calibration.json beside the checkpoint when it fits (its lesion weights)
     vessel_tree: bool = True  # vessels drawn as a tree (fundus_studio.vessel_tree); False: arg-max vessels
+    tangles: bool = True  # NV and IRMA drawn as tangles (fundus_studio.lesion_tangles); False: arg-max blobs
 
     def __post_init__(self) -> None:
         if self.per_grade < 2 or self.diversity_pairs < 1 or self.size < 16:
@@ -175,7 +177,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     else:  # another dataset (e.g. a test set): every map is unseen by the classifier
         held, held_source = real, "whole dataset (not the classifier's training data)"
     upsampler = _upsampler(cfg)
-    sampling = LabelSamplingConfig(size=cfg.size, flow=cfg.flow, vessel_tree=VesselTreeConfig() if cfg.vessel_tree else None)
+    sampling = LabelSamplingConfig(size=cfg.size, flow=cfg.flow, vessel_tree=VesselTreeConfig() if cfg.vessel_tree else None,
+                                   lesion_tangles=LesionTanglesConfig() if cfg.tangles else None)
     sampler = LabelSampler.from_checkpoint(cfg.checkpoint, upsampler=upsampler, calibrated=cfg.calibrated, config=sampling)
     grades = np.repeat(np.arange(labels.NUM_GRADES), cfg.per_grade)
     full = sampler.sample_grades(grades.tolist(), seed=cfg.seed)  # (N, size, size)
@@ -186,7 +189,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                               "classifier": str(classifier_path), "data": str(cfg.data), "resolution": side,
                               "size": cfg.size, "maps_per_grade": cfg.per_grade,
                               "calibrated": sampler.calibration is not None,
-                              "vessels": "tree" if cfg.vessel_tree else "argmax"}
+                              "vessels": "tree" if cfg.vessel_tree else "argmax",
+                              "tangles": cfg.tangles}
     pred_gen = predict(classifier, torch.from_numpy(generated))
     fidelity = {"generated": {"accuracy": float((pred_gen == grades).mean()),
                               "kappa": quadratic_weighted_kappa(grades, pred_gen), "count": len(grades)}}
@@ -265,6 +269,24 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_flow_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--flow-steps``, ``--guidance`` and ``--guidance-interval``: how a flow prior is sampled."""
+    parser.add_argument("--flow-steps", type=int, default=FlowSamplingConfig.steps,
+                        help=f"flow prior: Euler steps (default {FlowSamplingConfig.steps})")
+    parser.add_argument("--guidance", type=float, default=FlowSamplingConfig.guidance,
+                        help=f"flow prior: classifier-free guidance weight (default {FlowSamplingConfig.guidance})")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                        default=FlowSamplingConfig.guidance_interval,
+                        help="flow prior: guide the steps starting at t in [LO, HI) (default "
+                             f"{' '.join(map(str, FlowSamplingConfig.guidance_interval))})")
+
+
+def flow_from_args(args: argparse.Namespace) -> FlowSamplingConfig:
+    """The :class:`FlowSamplingConfig` of :func:`add_flow_arguments`'s flags (ValueError if invalid)."""
+    return FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance,
+                              guidance_interval=tuple(args.guidance_interval))
+
+
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_labels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True,
@@ -274,14 +296,7 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser.add_argument("--train-data", type=Path, default=None,
                         help="the generator's training maps, for memorisation (default: as its JSON records)")
     parser.add_argument("--size", type=int, default=512, help="side of the generated maps (default 512)")
-    parser.add_argument("--flow-steps", type=int, default=FlowSamplingConfig.steps,
-                        help=f"flow prior: Euler steps (default {FlowSamplingConfig.steps})")
-    parser.add_argument("--guidance", type=float, default=FlowSamplingConfig.guidance,
-                        help=f"flow prior: classifier-free guidance weight (default {FlowSamplingConfig.guidance})")
-    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
-                        default=FlowSamplingConfig.guidance_interval,
-                        help="flow prior: guide the steps starting at t in [LO, HI) (default "
-                             f"{' '.join(map(str, FlowSamplingConfig.guidance_interval))})")
+    add_flow_arguments(parser)
     parser.add_argument("--data", type=Path, required=True, help="real studio dataset")
     parser.add_argument("--classifier", type=Path, default=None, help="grade classifier checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
@@ -289,6 +304,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-calibration", action="store_true",
                         help="ignore label_calibration.json beside the checkpoint (compare with and without)")
+    parser.add_argument("--no-tangles", action="store_true",
+                        help="keep the arg-max's neovascularisation and IRMA blobs (fundus_studio.lesion_tangles)")
     parser.add_argument("--vessels", choices=("tree", "argmax"), default="tree",
                         help="how vessels are drawn: a tree from the vessel probability (default) or its arg-max")
     args = parser.parse_args(argv)
@@ -296,9 +313,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
         return EvalConfig(checkpoint=args.checkpoint, data=args.data, classifier=args.classifier, out=args.out,
                           per_grade=args.per_grade, seed=args.seed, upsampler=args.upsampler,
                           train_data=args.train_data, size=args.size, calibrated=not args.no_calibration,
-                          vessel_tree=args.vessels == "tree",
-                          flow=FlowSamplingConfig(steps=args.flow_steps, guidance=args.guidance,
-                                                  guidance_interval=tuple(args.guidance_interval)))
+                          vessel_tree=args.vessels == "tree", tangles=not args.no_tangles,
+                          flow=flow_from_args(args))
     except ValueError as err:
         parser.error(str(err))
         raise

@@ -193,6 +193,7 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     settings["flow_sampling"] = config_to_dict(sampling.flow)
     settings["vessel_tree"] = config_to_dict(sampling.vessel_tree)
     settings["lesion_spots"] = config_to_dict(sampling.lesion_spots)
+    settings["lesion_tangles"] = config_to_dict(sampling.lesion_tangles)
     # The paths alone would not notice a dataset regenerated in place or a retrained segmenter.
     settings["data_manifest_sha256"] = hashlib.sha256((cfg.data / MANIFEST_FILE).read_bytes()).hexdigest()
     if cfg.segmenter is not None:

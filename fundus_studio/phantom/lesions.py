@@ -14,6 +14,10 @@ from fundus_studio.phantom.anatomy import TreeBuilder
 from fundus_studio.phantom.config import PhantomConfig, PhantomLayout, Range, check_seed
 from fundus_studio.phantom.draw import Canvas, Curve, blob, int_in, log_uniform, smooth_noise, uniform
 
+# NV away from the disc draws nv_strands strands in a tangle of this radius (DD), and fewer or more in
+# proportion to its radius, so that a small tangle is as sparse as a large one.
+NVE_REFERENCE_RADIUS: float = 0.7
+
 
 # --- one lesion each: the shapes, reusable by any code that draws lesions ---------------------------
 # Sizes are in disc diameters (DD) with ``dd`` the disc diameter in pixels, unless they say pixels;
@@ -239,7 +243,7 @@ class LesionPainter:
             i = int(ok[rng.integers(len(ok))]) if ok.size else len(arc.points) // 2
             radius = uniform(rng, cfg.nve_radius) * self.dd
             self._tangle(labels.NEOVASCULARISATION, arc.points[i], radius,
-                         max(4, int(int_in(rng, cfg.nv_strands) * radius / (0.7 * self.dd))),
+                         max(4, int(int_in(rng, cfg.nv_strands) * radius / (NVE_REFERENCE_RADIUS * self.dd))),
                          cfg.nv_width, cfg.nv_loop, cfg.nv_tortuosity)
 
 
@@ -263,7 +267,8 @@ def nominal_disc_diameter(size: int, config: PhantomConfig = PhantomConfig()) ->
 
 
 def draw_lesion(index_map: np.ndarray, kind: str, *, centre: tuple[float, float], diameter: float, seed: int,
-                angle: float = 0.0, dd: float | None = None, config: PhantomConfig = PhantomConfig()) -> np.ndarray:
+                angle: float = 0.0, dd: float | None = None, strands: int | None = None,
+                config: PhantomConfig = PhantomConfig()) -> np.ndarray:
     """One lesion of ``kind`` (a key of :data:`LESION_KINDS`) drawn into a copy of ``index_map``.
 
     Args:
@@ -275,6 +280,7 @@ def draw_lesion(index_map: np.ndarray, kind: str, *, centre: tuple[float, float]
         angle: long-axis direction in radians for flames and cotton-wool spots (x to the right, y down).
         dd: disc diameter in pixels, which sets the width of NV/IRMA strands and when a blot gets a
             confluent neighbour (default: :func:`nominal_disc_diameter` of the map's side).
+        strands: NV/IRMA strands in the tangle (default: the phantoms' mean count, whatever its size).
 
     Returns:
         ``(H, W)`` uint8: the map with the lesion's pixels set to its class inside the field of view
@@ -307,8 +313,11 @@ def draw_lesion(index_map: np.ndarray, kind: str, *, centre: tuple[float, float]
         cotton_wool_spot(cv, rng, c, diameter, angle=angle)
     else:
         nv = cls == labels.NEOVASCULARISATION
-        tangle(cv, rng, c, diameter / 2.0,
-               strands=round(float(np.mean(cfg.nv_strands if nv else cfg.irma_segments))),
+        if strands is None:
+            strands = round(float(np.mean(cfg.nv_strands if nv else cfg.irma_segments)))
+        elif strands < 1:
+            raise InputError(f"a tangle needs at least one strand, got {strands!r}")
+        tangle(cv, rng, c, diameter / 2.0, strands=strands,
                width=cfg.nv_width if nv else cfg.irma_width, loop=cfg.nv_loop if nv else (0.5, 1.2),
                tortuosity=cfg.nv_tortuosity if nv else cfg.irma_tortuosity, dd=dd, step=cfg.step,
                step_px=cfg.step * dd, min_px=cfg.min_vessel_px)
