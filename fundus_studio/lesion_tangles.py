@@ -3,8 +3,8 @@
 Neovascularisation is a tangle of fine looping strands, 1–2 px wide at 512², on the optic disc (NVD)
 or on the arcades (NVE); IRMA are a few short, twisted strands. A 64² prior says where a tangle lies and how far it reaches, but its upsampled
 probabilities cannot hold the strands, so the arg-max paints a solid blob; on the disc that blob
-covers the disc's middle and the disc falls apart into a ring or pieces (docs/training.md, "Sampling
-speed (session 12)": grade 4's plausible-disc rate fell to 0.68 at some sampling settings). This step
+covers the disc's middle and the disc falls apart into a ring or pieces (grade 4's plausible-disc rate
+fell to 0.68 at some sampling settings: docs/training.md, "Sampling speed (session 11)" and "(session 12)"). This step
 redraws every blob of a tangle class as a tangle, keeping what the prior decided:
 
 1. **Where and how far**: the tangle is centred on the blob's centroid and spans its bounding box
@@ -14,8 +14,8 @@ redraws every blob of a tangle class as a tangle, keeping what the prior decided
    drawn next, runs through it).
 3. **Shape**: the strands are those of the phantoms and of Paint's lesion stamp
    (:func:`fundus_studio.phantom.lesions.draw_lesion`), at the strand width of a disc of the map's
-   nominal size and the phantoms' strands per radius; they are drawn over retina, disc and vessels
-   only, never over another lesion.
+   nominal size, their count in proportion to the tangle's radius; they are drawn over retina, disc
+   and vessels only, never over another lesion.
 
 Nothing is read from training maps. Seeded: each map draws from its own generator (the sampler's
 ``map_rng``), so a map does not depend on the batch it was drawn in.
@@ -45,7 +45,9 @@ class LesionTanglesConfig:
 
     kinds: tuple[str, ...] = ("neovascularisation", "irma")  # the arg-max's blobs of their classes become tangles
     min_diameter: float = 0.3  # × the nominal disc diameter: smaller blobs still get a tangle this wide
-    margin: int = 2  # px around a blob's box in the window a tangle is drawn in (strands may reach out)
+    # px added to the tangle's radius for the window it is drawn in (centred on the blob's centroid):
+    # a strand's width and the centroid's rounding may reach past the radius
+    margin: int = 2
 
     def __post_init__(self) -> None:
         for kind in self.kinds:
@@ -66,22 +68,24 @@ def _fill_from_outside(index_map: np.ndarray, blobs: np.ndarray, *, pad: int) ->
     r0, r1 = max(0, ys.min() - pad), min(blobs.shape[0], ys.max() + pad + 1)
     c0, c1 = max(0, xs.min() - pad), min(blobs.shape[1], xs.max() + pad + 1)
     window, inside = index_map[r0:r1, c0:c1], blobs[r0:r1, c0:c1]
-    source = ~np.isin(window, _FILL_FROM)
-    if source.all():
+    not_source = ~np.isin(window, _FILL_FROM)  # the transform measures from its zeros: the sources
+    if not_source.all():
         window[inside] = labels.RETINA  # nothing around them to take a class from
         return
-    rows, cols = ndimage.distance_transform_edt(source, return_distances=False, return_indices=True)
+    rows, cols = ndimage.distance_transform_edt(not_source, return_distances=False, return_indices=True)
     window[inside] = window[rows[inside], cols[inside]]
 
 
 def _strands(kind: str, *, radius_dd: float) -> int:
-    """Strands of a tangle of ``radius_dd`` disc diameters: the phantoms' density (their NV elsewhere
-    scales its count with the radius the same way), so that a small tangle is not a solid blot."""
+    """Strands of a tangle of ``radius_dd`` disc diameters, in proportion to its radius so that a small
+    tangle is not a solid blot. The phantoms scale only their NV off the disc this way (at least 4
+    strands); here NV on the disc and IRMA scale too, IRMA from its mean count at its mean radius (at
+    least 2, the fewest a phantom's IRMA has)."""
     cfg = PhantomConfig()
     if LESION_KINDS[kind] == labels.NEOVASCULARISATION:
         count, reference, least = float(np.mean(cfg.nv_strands)), NVE_REFERENCE_RADIUS, 4
     else:
-        count, reference, least = float(np.mean(cfg.irma_segments)), float(np.mean(cfg.irma_radius)), 2
+        count, reference, least = float(np.mean(cfg.irma_segments)), float(np.mean(cfg.irma_radius)), cfg.irma_segments[0]
     return max(least, round(count * radius_dd / reference))
 
 

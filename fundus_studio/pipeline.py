@@ -42,6 +42,8 @@ from fundus_studio.models.unet import UNet
 from fundus_studio.style import PhotoCache, StyleCache, StyleConfig, apply_style
 from fundus_studio.vessel_tree import VesselTreeConfig, redraw_vessels
 
+log = logging.getLogger(__name__)
+
 # A disc whose radius reaches the corners covers the whole square.
 MAX_FOV_RADIUS: float = math.sqrt(2.0)
 
@@ -173,7 +175,6 @@ def integrate_flow(model: FlowUNet, noise: torch.Tensor, grades: torch.Tensor, *
 
 
 LabelPrior = Generator | FlowUNet  # what draws a coarse map for a grade
-log = logging.getLogger(__name__)
 
 
 def takes_upsampler(prior_path: str | os.PathLike[str], upsampler_path: str | os.PathLike[str]) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fundus_studio import labels
+from fundus_studio.lesion_spots import LesionSpotsConfig, redraw_spots
 from fundus_studio.lesion_tangles import LesionTanglesConfig, redraw_tangles
 from fundus_studio.pipeline import map_rng
 from test_label_flow import tiny_sampler
@@ -53,7 +54,9 @@ def test_a_blob_over_the_disc_becomes_strands_over_a_whole_disc() -> None:
 
 def test_tangles_are_drawn_over_retina_disc_and_vessels_only() -> None:
     index = _scene()
-    index[240:260, 230:240] = labels.HARD_EXUDATE  # another lesion inside the blob's reach
+    (cy, cx), r = DISC_CENTRE, DISC_RADIUS
+    index[cy - 6:cy + 6, cx - 6:cx + 6] = labels.HARD_EXUDATE  # another lesion in the blob's middle
+    index[cy + r - 8:cy + r, cx - 4:cx + 4] = labels.HAEMORRHAGE  # and one at its rim
     out = redraw_tangles(index, rng=np.random.default_rng(1))
     changed = out != index
     assert np.isin(index[changed], (labels.RETINA, labels.OPTIC_DISC, labels.VESSEL, NV)).all()
@@ -101,12 +104,15 @@ def test_tangle_settings_refuse_bad_values(kwargs: dict) -> None:
 def test_the_sampler_redraws_tangles_after_the_spots_unless_told_not_to() -> None:
     base = tiny_sampler()
     index = _scene()
+    index[400:410, 200:220] = labels.HARD_EXUDATE  # a blob the spots redraw first
 
     def redraw(tangles: LesionTanglesConfig | None) -> np.ndarray:
-        config = dataclasses.replace(base.config, lesion_tangles=tangles, vessel_tree=None)
+        config = dataclasses.replace(base.config, lesion_spots=LesionSpotsConfig(), lesion_tangles=tangles,
+                                     vessel_tree=None)
         sampler = type(base)(base.prior, upsampler=base.upsampler, config=config)
         return sampler.redraw(index[None], None, rngs=[map_rng(3, 0)])[0]
 
-    assert np.array_equal(redraw(None), index)  # no NV spot class: the spots leave this map alone
-    drawn = redraw(LesionTanglesConfig())
-    assert np.array_equal(drawn, redraw_tangles(index, rng=map_rng(3, 0)))
+    rng = map_rng(3, 0)  # one generator for the map: the spots draw from it first, then the tangles
+    spots = redraw_spots(index, rng=rng)
+    assert np.array_equal(redraw(None), spots)
+    assert np.array_equal(redraw(LesionTanglesConfig()), redraw_tangles(spots, rng=rng))

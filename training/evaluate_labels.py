@@ -39,9 +39,9 @@ from fundus_studio import labels
 from fundus_studio.checkpoint import load_model, read_info
 from fundus_studio.errors import CheckpointError, StudioError
 from fundus_studio.imageio import atomic_write
+from fundus_studio.lesion_tangles import LesionTanglesConfig
 from fundus_studio.models.grade_classifier import GradeClassifier
 from fundus_studio.pipeline import FlowSamplingConfig, LabelSampler, LabelSamplingConfig, takes_upsampler
-from fundus_studio.lesion_tangles import LesionTanglesConfig
 from fundus_studio.vessel_tree import VesselTreeConfig
 from training import anatomy, harness
 from training.evaluate_segmentation import number
