@@ -359,6 +359,12 @@ def test_evaluate_writes_the_report_and_resumes(checkpoints: Path, phantoms: Pat
     assert cli.main(_args(checkpoints, phantoms, out, per_grade=4)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fundus-studio evaluate: error:") and "per_grade" in err and len(err.splitlines()) == 1
+    # Without its config.json (a `git rm` leaves the untracked pools and runs) nothing is reused.
+    (out / "config.json").unlink()
+    assert cli.main(_args(checkpoints, phantoms, out)) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "delete the folder" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_evaluate_names_a_missing_checkpoint_before_any_work(checkpoints: Path, phantoms: Path, tmp_path: Path,

@@ -199,6 +199,11 @@ def pin_settings(cfg: ReportConfig) -> dict[str, Any]:
     if cfg.segmenter is not None:
         settings["segmenter_sha256"] = read_info(cfg.segmenter).get("sha256")
     path = cfg.out / SETTINGS_FILE
+    if not path.is_file() and cfg.out.is_dir() and any(cfg.out.iterdir()):
+        # Its pools and runs would be reused as if they were this run's, whatever made them.
+        raise DatasetError(f"{cfg.out}: holds files but no {SETTINGS_FILE}, so the settings they were made with "
+                           "are unknown; delete the folder (rm -rf, not git rm: pools and runs are untracked) "
+                           "or choose another --out")
     if path.is_file():
         before = json.loads(path.read_text())
         changed = sorted(k for k in settings.keys() | before.keys()
