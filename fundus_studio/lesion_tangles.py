@@ -31,12 +31,15 @@ from scipy import ndimage
 
 from fundus_studio import labels
 from fundus_studio.phantom.config import PhantomConfig
-from fundus_studio.phantom.lesions import LESION_KINDS, NVE_REFERENCE_RADIUS, draw_lesion, nominal_disc_diameter
+from fundus_studio.phantom.lesions import (LESION_KINDS, NVE_MIN_STRANDS, NVE_REFERENCE_RADIUS, draw_lesion,
+                                           nominal_disc_diameter)
 
 # what a tangle may be drawn over: the retina's background classes, never another lesion
 _BENEATH: tuple[int, ...] = (labels.RETINA, labels.OPTIC_DISC, labels.VESSEL)
 # what a cleared blob's pixels may become
 _FILL_FROM: tuple[int, ...] = (labels.RETINA, labels.OPTIC_DISC)
+# the phantoms' shapes and counts the tangles follow (built once: it is read for every blob)
+_PHANTOM = PhantomConfig()
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,11 @@ def _fill_from_outside(index_map: np.ndarray, blobs: np.ndarray, *, pad: int) ->
 
 def _strands(kind: str, *, radius_dd: float) -> int:
     """Strands of a tangle of ``radius_dd`` disc diameters, in proportion to its radius so that a small
-    tangle is not a solid blot. The phantoms scale only their NV off the disc this way (at least 4
-    strands); here NV on the disc and IRMA scale too, IRMA from its mean count at its mean radius (at
-    least 2, the fewest a phantom's IRMA has)."""
-    cfg = PhantomConfig()
+    tangle is not a solid blot. The phantoms scale only their NV off the disc this way; here NV on the
+    disc and IRMA scale too, IRMA from its mean count at its mean radius (at least its fewest)."""
+    cfg = _PHANTOM
     if LESION_KINDS[kind] == labels.NEOVASCULARISATION:
-        count, reference, least = float(np.mean(cfg.nv_strands)), NVE_REFERENCE_RADIUS, 4
+        count, reference, least = float(np.mean(cfg.nv_strands)), NVE_REFERENCE_RADIUS, NVE_MIN_STRANDS
     else:
         count, reference, least = float(np.mean(cfg.irma_segments)), float(np.mean(cfg.irma_radius)), cfg.irma_segments[0]
     return max(least, round(count * radius_dd / reference))
@@ -101,7 +103,7 @@ def redraw_tangles(index_map: np.ndarray, *, rng: np.random.Generator,
     """
     out = index_map.copy()
     side = out.shape[0]
-    dd = nominal_disc_diameter(side)
+    dd = nominal_disc_diameter(side, _PHANTOM)
     for kind in config.kinds:
         cls = LESION_KINDS[kind]
         mask = out == cls
@@ -117,6 +119,7 @@ def redraw_tangles(index_map: np.ndarray, *, rng: np.random.Generator,
             c0, c1 = max(0, int(cx) - reach), min(side, int(cx) + reach + 1)
             window = out[r0:r1, c0:c1]
             drawn = draw_lesion(window, kind, centre=(cx - c0, cy - r0), diameter=diameter,
-                                seed=int(rng.integers(2**31)), dd=dd, strands=_strands(kind, radius_dd=diameter / 2 / dd))
+                                seed=int(rng.integers(2**31)), dd=dd, strands=_strands(kind, radius_dd=diameter / 2 / dd),
+                                config=_PHANTOM)
             window[(drawn == cls) & np.isin(window, _BENEATH)] = cls
     return out

@@ -346,9 +346,7 @@ class LabelSampler:
         """Arg-max maps → final maps: (with ``config.lesion_spots``) small lesions redrawn as spots, then
         (with ``config.lesion_tangles``) new vessels (NV, IRMA) as tangles, map i drawing from ``rngs[i]``,
         then (with ``config.vessel_tree``) the vessels redrawn as a tree."""
-        spots, tangles = self.config.lesion_spots, self.config.lesion_tangles
-        if spots is not None or tangles is not None:
-            maps = np.stack([self._redraw_lesions(m, rng=r) for m, r in zip(maps, rngs)])
+        maps = np.stack([self._redraw_lesions(m, rng=r) for m, r in zip(maps, rngs)])
         if p_vessel is None:
             return maps
         return np.stack([redraw_vessels(p, m, config=self.config.vessel_tree) for p, m in zip(p_vessel, maps)])

@@ -33,7 +33,7 @@ from fundus_studio.calibration import CALIBRATION_FILE, LabelCalibration
 from fundus_studio.checkpoint import config_to_dict, paths_for, read_info
 from fundus_studio.dataset import MANIFEST_FILE
 from fundus_studio.errors import StudioError
-from fundus_studio.pipeline import FlowSamplingConfig, probabilities_to_labels
+from fundus_studio.pipeline import FlowSamplingConfig, LabelSampler, probabilities_to_labels
 from fundus_studio.studio import GENERATORS, UPSAMPLER, Studio
 from training.evaluate_labels import add_flow_arguments, flow_from_args
 from training.harness import load_label_maps
@@ -118,9 +118,11 @@ def calibrate(cfg: CalibrateConfig) -> LabelCalibration:
         torch.set_num_threads(cfg.threads)
     studio = Studio.from_checkpoints(cfg.checkpoints, generator=cfg.generator)
     prior_path = studio.path(GENERATORS[cfg.generator])
-    # The Studio's sampler, loaded once; its probabilities and refine() come before any calibration.
-    sampler = studio.sampler(cfg.generator)
-    sampler.config = dataclasses.replace(sampler.config, flow=cfg.flow)
+    # The Studio's networks (prior, and the upsampler it uses), sampled the way the fit is for and without
+    # any calibration: the fit starts from the plain probabilities.
+    loaded = studio.sampler(cfg.generator)
+    sampler = LabelSampler(loaded.prior, upsampler=loaded.upsampler, device=loaded.device,
+                           config=dataclasses.replace(loaded.config, flow=cfg.flow))
     upsampler_path = studio.path(UPSAMPLER) if sampler.upsampler is not None else None
     target = training_shares(cfg.data, side=cfg.side)
     log_weights = torch.zeros(labels.NUM_GRADES, labels.NUM_CLASSES)

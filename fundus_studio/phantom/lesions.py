@@ -15,8 +15,9 @@ from fundus_studio.phantom.config import PhantomConfig, PhantomLayout, Range, ch
 from fundus_studio.phantom.draw import Canvas, Curve, blob, int_in, log_uniform, smooth_noise, uniform
 
 # NV away from the disc draws nv_strands strands in a tangle of this radius (DD), and fewer or more in
-# proportion to its radius, so that a small tangle is as sparse as a large one.
+# proportion to its radius (but at least NVE_MIN_STRANDS), so that a small tangle is as sparse as a large one.
 NVE_REFERENCE_RADIUS: float = 0.7
+NVE_MIN_STRANDS: int = 4
 
 
 # --- one lesion each: the shapes, reusable by any code that draws lesions ---------------------------
@@ -243,7 +244,7 @@ class LesionPainter:
             i = int(ok[rng.integers(len(ok))]) if ok.size else len(arc.points) // 2
             radius = uniform(rng, cfg.nve_radius) * self.dd
             self._tangle(labels.NEOVASCULARISATION, arc.points[i], radius,
-                         max(4, int(int_in(rng, cfg.nv_strands) * radius / (NVE_REFERENCE_RADIUS * self.dd))),
+                         max(NVE_MIN_STRANDS, int(int_in(rng, cfg.nv_strands) * radius / (NVE_REFERENCE_RADIUS * self.dd))),
                          cfg.nv_width, cfg.nv_loop, cfg.nv_tortuosity)
 
 
